@@ -1,0 +1,211 @@
+"""Register drop-folder files in SQL and enqueue them; quarantine what cannot be screened.
+
+Crash safety: an accepted image's row (status ``queued``, with its destination) is committed
+before the file moves and before the task is sent. A restart re-sends every queued image
+(tasks are idempotent) and finishes a move that a crash interrupted, so nothing is lost and
+nothing is predicted twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ingest.scanner import StabilityTracker, iter_candidates
+from pulmoscreen.db import queries
+from pulmoscreen.domain import Rejected, RejectReason
+from pulmoscreen.imaging.dicom import DicomMeta, read_header
+from pulmoscreen.storage import move_file, processed_destination, quarantine_file
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[Iterable[int]], object]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one file: ``queued`` or ``rejected``, with the image row's id."""
+
+    image_id: int
+    status: str
+    reason: str | None = None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Ingestor:
+    """Scans one drop folder; every file ends queued or quarantined, with a row in SQL."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        sessions: sessionmaker[Session],
+        enqueue: Enqueue,
+        stable_seconds: float,
+    ) -> None:
+        self.root = root.resolve()
+        self.sessions = sessions
+        self.enqueue = enqueue
+        self.tracker = StabilityTracker(stable_seconds)
+
+    def recover(self) -> int:
+        """Re-send every image still queued (after a crash or restart); returns how many."""
+        with self.sessions() as session:
+            ids = queries.queued_image_ids(session)
+        if ids:
+            self.enqueue(ids)
+            log.info("re-sent %d queued images", len(ids))
+        return len(ids)
+
+    def scan_once(self) -> list[IngestOutcome]:
+        """Ingest every candidate that has stopped changing; others wait for a later scan."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        outcomes = []
+        for path in iter_candidates(self.root):
+            if not path.is_symlink() and not self.tracker.is_ready(path):
+                continue
+            self.tracker.forget(path)
+            outcome = self.ingest_file(path)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def ingest_file(self, path: Path) -> IngestOutcome | None:
+        """Queue or quarantine one file; never raises for a bad file."""
+        source = str(path.relative_to(self.root))
+        try:
+            if path.is_symlink():
+                raise Rejected(RejectReason.UNREADABLE, "symbolic links are not followed")
+            if path.stat().st_size == 0:
+                raise Rejected(RejectReason.TRUNCATED, "empty file")
+            meta = read_header(path)
+            return self._accept(path, meta, source)
+        except Rejected as exc:
+            return self._quarantine(path, source, exc.reason, exc.detail, meta=None)
+        except FileNotFoundError:
+            log.info("file vanished before it could be read")
+            return None
+        except OSError as exc:
+            return self._quarantine(path, source, RejectReason.UNREADABLE, str(exc), meta=None)
+
+    def _accept(self, path: Path, meta: DicomMeta, source: str) -> IngestOutcome:
+        sha = sha256_of(path)
+        dest = processed_destination(self.root, study_uid=meta.study_uid, sop_uid=meta.sop_uid)
+        with self.sessions() as session:
+            existing = queries.image_by_sop(session, meta.sop_uid)
+            if existing is not None:
+                return self._existing(path, meta, source, sha, existing)
+            study_id = queries.upsert_study(session, meta)
+            image_id = queries.add_queued_image(
+                session,
+                study_id=study_id,
+                meta=meta,
+                source_path=source,
+                stored_path=str(dest),
+                sha256=sha,
+                size_bytes=path.stat().st_size,
+            )
+            try:
+                session.commit()
+            except IntegrityError:  # another ingest registered the same SOP just now
+                session.rollback()
+                return self._quarantine(
+                    path, source, RejectReason.DUPLICATE, "registered concurrently", meta=meta
+                )
+        landed = move_file(path, dest)
+        if landed != dest:
+            self._update_stored_path(image_id, landed)
+        self.enqueue([image_id])
+        log.info("image %d queued (SOPInstanceUID %s)", image_id, meta.sop_uid)
+        return IngestOutcome(image_id, "queued")
+
+    def _existing(self, path, meta, source, sha, existing) -> IngestOutcome:  # type: ignore[no-untyped-def]
+        stored = Path(existing.stored_path) if existing.stored_path else None
+        if existing.sha256 == sha and stored is not None and not stored.exists():
+            # A crash after commit and before the move: finish the move, send the task again.
+            move_file(path, stored)
+            self.enqueue([existing.id])
+            return IngestOutcome(existing.id, existing.status)
+        same = "same content" if existing.sha256 == sha else "different content"
+        detail = f"SOPInstanceUID already received as image {existing.id} ({same})"
+        return self._quarantine(path, source, RejectReason.DUPLICATE, detail, meta=meta)
+
+    def _quarantine(
+        self, path: Path, source: str, reason: RejectReason, detail: str, *, meta: DicomMeta | None
+    ) -> IngestOutcome:
+        sha = size = None
+        if path.is_file() and not path.is_symlink():
+            sha, size = sha256_of(path), path.stat().st_size
+        dest = quarantine_file(path, self.root, reason=reason.value, detail=detail, source=source)
+        with self.sessions.begin() as session:
+            image_id = queries.add_rejected_image(
+                session,
+                source_path=source,
+                stored_path=str(dest),
+                sha256=sha,
+                size_bytes=size,
+                reason=reason,
+                detail=detail,
+                meta=meta,
+            )
+        log.warning("image %d quarantined: %s", image_id, reason.value)
+        return IngestOutcome(image_id, "rejected", reason.value)
+
+    def _update_stored_path(self, image_id: int, landed: Path) -> None:
+        from sqlalchemy import update
+
+        from pulmoscreen.db.schema import Image
+
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Image).where(Image.id == image_id).values(stored_path=str(landed))
+            )
+
+    def watch(self, stop: threading.Event, *, poll_interval: float) -> None:
+        """Ingest until ``stop`` is set: filesystem events wake the loop early, polling backs it."""
+        wake = threading.Event()
+        observer = _start_observer(self.root, wake)
+        try:
+            while not stop.is_set():
+                self.scan_once()
+                wake.wait(timeout=poll_interval)
+                wake.clear()
+        finally:
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+
+def _start_observer(root: Path, wake: threading.Event):  # type: ignore[no-untyped-def]
+    """watchdog's native observer, else its polling observer, else none (polling loop only)."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
+
+    class _Wake(FileSystemEventHandler):
+        def on_any_event(self, event: object) -> None:
+            wake.set()
+
+    for factory in (Observer, PollingObserver):
+        observer = factory()
+        try:
+            observer.schedule(_Wake(), str(root), recursive=True)
+            observer.start()
+            return observer
+        except OSError as exc:
+            log.warning("%s unavailable (%s); trying the next observer", factory.__name__, exc)
+    return None

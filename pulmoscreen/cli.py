@@ -1,0 +1,229 @@
+"""The ``pulmoscreen`` command. Subcommands are thin: they wire settings into the services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pulmoscreen.config import Settings, get_settings
+
+app = typer.Typer(add_completion=False, help="PulmoScreen: batch chest X-ray screening.")
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("celery", "kombu", "amqp", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # memory:// has no host; kombu warns about it on every connection.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
+
+
+@contextmanager
+def embedded_worker(celery_app: Any) -> Iterator[None]:
+    """Run the real inference task in a Celery worker thread inside this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        celery_app,
+        pool="solo",
+        concurrency=1,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=120.0,
+    ):
+        yield
+
+
+def _wait_for_results(sessions: Any, image_ids: list[int], timeout: float) -> bool:
+    from pulmoscreen.db import queries
+
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("screening"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("screening", total=len(image_ids))
+        while True:
+            with sessions() as session:
+                pending = queries.count_pending(session, image_ids)
+            progress.update(task, completed=len(image_ids) - pending)
+            if pending == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+
+
+def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout: float) -> int:
+    """Ingest everything in ``folder``, wait for every result, print the table; exit code."""
+    from ingest import Ingestor
+    from pulmoscreen.db import queries, session_factory, upgrade_database
+    from pulmoscreen.queue import enqueue_images
+    from worker.app import create_app
+
+    url = settings.resolved_database_url()
+    upgrade_database(url)
+    sessions = session_factory(url)
+    celery_app = create_app(settings)
+    with embedded_worker(celery_app) if local_worker else nullcontext():
+        ingestor = Ingestor(
+            folder,
+            sessions=sessions,
+            stable_seconds=settings.stable_seconds,
+            enqueue=lambda ids: enqueue_images(celery_app, ids),
+        )
+        ingestor.recover()
+        outcomes = ingestor.scan_once()
+        while ingestor.tracker.waiting:
+            time.sleep(min(0.5, settings.stable_seconds / 2 or 0.1))
+            outcomes += ingestor.scan_once()
+        ids = [o.image_id for o in outcomes]
+        done = _wait_for_results(sessions, ids, timeout)
+    with sessions() as session:
+        rows = queries.image_outcomes(session, ids)
+    _print_results(rows)
+    if not done:
+        console.print(f"[red]timed out after {timeout:.0f}s with images still queued[/red]")
+        return 1
+    return 0
+
+
+def _print_results(rows: list[Any]) -> None:
+    untrained = any(r.model_version and r.model_version.startswith("untrained") for r in rows)
+    if untrained:
+        console.print(
+            Panel(
+                "No trained model is installed: these scores come from an UNTRAINED network.\n"
+                "They are NOT findings and no image is flagged. Configure PULMO_MODEL_PATH.",
+                title="WARNING: UNTRAINED MODEL",
+                style="bold red",
+            )
+        )
+    table = Table(title=f"PulmoScreen results ({len(rows)} files)")
+    for col in ("image", "file", "study", "result", "P(pneumonia)", "P(TB)", "score", "flagged"):
+        table.add_column(col)
+    for r in rows:
+        if r.status == "predicted":
+            result = f"{r.predicted_label}{' (untrained)' if untrained else ''}"
+            cells = [f"{r.p_pneumonia:.3f}", f"{r.p_tuberculosis:.3f}", str(r.abnormality_score)]
+            flag = "YES" if r.flagged else "no"
+        else:
+            result = f"{r.status}: {r.reject_reason}" if r.reject_reason else r.status
+            cells, flag = ["", "", ""], ""
+        study = (r.study_uid or "")[-16:]
+        table.add_row(str(r.image_id), r.source_path, study, result, *cells, flag)
+    console.print(table)
+    n_pred = sum(r.status == "predicted" for r in rows)
+    n_rej = sum(r.status == "rejected" for r in rows)
+    console.print(f"{n_pred} predicted, {n_rej} quarantined, {len(rows) - n_pred - n_rej} pending")
+
+
+@app.command()
+def screen(
+    folder: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively).")],
+    local_worker: Annotated[
+        bool, typer.Option(help="Run an inference worker in this process.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 3600.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Screen every DICOM in FOLDER once, wait for all results and print them."""
+    _setup_logging(verbose)
+    folder.mkdir(parents=True, exist_ok=True)
+    raise typer.Exit(run_screen(get_settings(), folder, local_worker=local_worker, timeout=timeout))
+
+
+@app.command()
+def ingest(
+    folder: Annotated[Path | None, typer.Argument(help="Drop folder (default: settings).")] = None,
+    watch: Annotated[bool, typer.Option(help="Keep watching the folder.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Register and enqueue the files in the drop folder (once, or continuously with --watch)."""
+    from ingest import Ingestor
+    from pulmoscreen.db import session_factory, upgrade_database
+    from pulmoscreen.queue import enqueue_images, make_celery
+
+    _setup_logging(verbose)
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    upgrade_database(url)
+    celery_app = make_celery(settings)
+    ingestor = Ingestor(
+        folder or settings.drop_folder,
+        sessions=session_factory(url),
+        stable_seconds=settings.stable_seconds,
+        enqueue=lambda ids: enqueue_images(celery_app, ids),
+    )
+    ingestor.recover()
+    if not watch:
+        outcomes = ingestor.scan_once()
+        while ingestor.tracker.waiting:
+            time.sleep(0.5)
+            outcomes += ingestor.scan_once()
+        queued = sum(o.status == "queued" for o in outcomes)
+        console.print(f"{queued} queued, {len(outcomes) - queued} quarantined")
+        return
+    stop = threading.Event()
+    try:
+        ingestor.watch(stop, poll_interval=settings.poll_interval)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (``alembic upgrade head``)."""
+    from pulmoscreen.db import upgrade_database
+
+    upgrade_database(get_settings().resolved_database_url())
+    console.print("database schema is up to date")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(help="Where the sample folder is built.")] = Path(
+        "var/demo"
+    ),
+) -> None:
+    """Build a sample drop folder (real RG1 chest CR + synthetic + broken files) and screen it."""
+    from pulmoscreen.samples import build_demo_folder
+
+    _setup_logging(False)
+    settings = get_settings()
+    if folder.exists():
+        shutil.rmtree(folder)
+    inbox = folder / "inbox"
+    notes = build_demo_folder(inbox)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+    if not settings.database_url:
+        settings = settings.model_copy(update={"data_dir": folder})
+    console.print(f"database: {settings.resolved_database_url().split('@')[-1]}")
+    raise typer.Exit(run_screen(settings, inbox, local_worker=True, timeout=1800.0))
+
+
+def main() -> None:
+    # TensorFlow's C++ start-up chatter is not for screening staff.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Settings: the only module that reads the environment (prefix ``PULMO_``)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.keras"
+
+
+class Settings(BaseSettings):
+    """Every tunable of PulmoScreen; the defaults run with no external server."""
+
+    model_config = SettingsConfigDict(env_prefix="PULMO_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Where embedded state lives (SQLite file).")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty means a SQLite file in data_dir."
+    )
+    broker_url: str = Field(
+        "memory://", description="Celery broker; memory:// runs an in-process queue."
+    )
+    drop_folder: Path = Field(Path("var/inbox"), description="Folder that ingest watches.")
+    batch_size: int = Field(16, ge=1, le=512, description="Images per inference batch.")
+    flush_interval: float = Field(
+        1.0, gt=0, description="Seconds a partial batch waits before it runs anyway."
+    )
+    stable_seconds: float = Field(
+        2.0, ge=0, description="A file is read only once its size and mtime held this long."
+    )
+    poll_interval: float = Field(1.0, gt=0, description="Seconds between drop-folder scans.")
+    model_path: Path | None = Field(
+        None, description="Trained .keras model with its .card.json; empty: the shipped model."
+    )
+    imagenet_weights: Path | None = Field(
+        None, description="Local ResNet50 ImageNet (no-top) weights file for air-gapped sites."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Flag thresholds overriding the model card, e.g. {"tuberculosis": 0.4}.',
+    )
+    task_time_limit: int = Field(600, description="Hard time limit of one inference batch (s).")
+    visibility_timeout: int = Field(
+        900, description="Seconds before Redis redelivers a message a dead worker held."
+    )
+    max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pulmoscreen.db').resolve()}"
+
+    def resolved_model_path(self) -> Path | None:
+        """The configured model, else the shipped one when present, else None (untrained)."""
+        if self.model_path is not None:
+            return self.model_path
+        return DEFAULT_MODEL_PATH if DEFAULT_MODEL_PATH.exists() else None
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,308 @@
+"""Query functions shared by ingest, worker and the CLI. Sessions are passed in; callers commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from pulmoscreen.db.schema import Image, ModelRow, PredictionRow, Study, utcnow
+from pulmoscreen.domain import ImageStatus, Prediction, RejectReason, StudyStatus
+from pulmoscreen.imaging.dicom import DicomMeta
+from pulmoscreen.model.card import ModelCard
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def upsert_study(session: Session, meta: DicomMeta) -> int:
+    """Id of the study with ``meta.study_uid``, created if new (safe under concurrency)."""
+    stmt = (
+        _insert(session, Study)
+        .values(
+            study_uid=meta.study_uid,
+            patient_id=meta.patient_id,
+            accession=meta.accession,
+            study_date=meta.study_date,
+            status=StudyStatus.RECEIVED.value,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["study_uid"])
+    )
+    session.execute(stmt)
+    return int(session.scalars(select(Study.id).where(Study.study_uid == meta.study_uid)).one())
+
+
+def image_by_sop(session: Session, sop_uid: str) -> Image | None:
+    return session.scalars(select(Image).where(Image.sop_uid == sop_uid)).one_or_none()
+
+
+def _meta_columns(meta: DicomMeta | None) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    return {
+        "modality": meta.modality,
+        "body_part": meta.body_part,
+        "view_position": meta.view_position,
+        "transfer_syntax": meta.transfer_syntax,
+        "rows": meta.rows or None,
+        "cols": meta.cols or None,
+    }
+
+
+def add_queued_image(
+    session: Session,
+    *,
+    study_id: int,
+    meta: DicomMeta,
+    source_path: str,
+    stored_path: str,
+    sha256: str,
+    size_bytes: int,
+) -> int:
+    """Register an accepted image, ready for inference."""
+    image = Image(
+        sop_uid=meta.sop_uid,
+        study_id=study_id,
+        source_path=source_path,
+        stored_path=stored_path,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        status=ImageStatus.QUEUED.value,
+        **_meta_columns(meta),
+    )
+    session.add(image)
+    session.flush()
+    return image.id
+
+
+def add_rejected_image(
+    session: Session,
+    *,
+    source_path: str,
+    stored_path: str | None,
+    sha256: str | None,
+    size_bytes: int | None,
+    reason: RejectReason,
+    detail: str,
+    meta: DicomMeta | None = None,
+) -> int:
+    """Record a file rejected at ingest; duplicates keep no SOPInstanceUID (it is unique)."""
+    image = Image(
+        sop_uid=None,
+        study_id=None,
+        source_path=source_path,
+        stored_path=stored_path,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        status=ImageStatus.REJECTED.value,
+        reject_reason=reason.value,
+        reject_detail=detail[:2000],
+        **_meta_columns(meta),
+    )
+    session.add(image)
+    session.flush()
+    return image.id
+
+
+def reject_image(
+    session: Session, image_id: int, *, reason: RejectReason, detail: str, stored_path: str | None
+) -> None:
+    """Mark a queued image rejected (its pixels could not be used) and update its study."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(
+            status=ImageStatus.REJECTED.value,
+            reject_reason=reason.value,
+            reject_detail=detail[:2000],
+            stored_path=stored_path,
+            updated_at=utcnow(),
+        )
+    )
+    study_id = session.scalar(select(Image.study_id).where(Image.id == image_id))
+    if study_id is not None:
+        refresh_study_status(session, [study_id])
+
+
+def register_model(session: Session, card: ModelCard) -> int:
+    """Id of the model row for ``card.version`` (created if new), made the active model."""
+    stmt = (
+        _insert(session, ModelRow)
+        .values(
+            version=card.version,
+            sha256=card.sha256,
+            labels=list(card.labels),
+            thresholds=dict(card.thresholds),
+            card=card.to_dict(),
+            trained=card.trained,
+            active=True,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["version"])
+    )
+    session.execute(stmt)
+    model_id = int(
+        session.scalars(select(ModelRow.id).where(ModelRow.version == card.version)).one()
+    )
+    session.execute(update(ModelRow).values(active=ModelRow.id == model_id))
+    return model_id
+
+
+def images_to_predict(session: Session, image_ids: Sequence[int], model_id: int) -> list[Image]:
+    """Those of ``image_ids`` still queued and without a prediction from ``model_id``."""
+    done = select(PredictionRow.image_id).where(PredictionRow.model_id == model_id)
+    return list(
+        session.scalars(
+            select(Image).where(
+                Image.id.in_(image_ids),
+                Image.status == ImageStatus.QUEUED.value,
+                Image.id.not_in(done),
+            )
+        )
+    )
+
+
+def save_predictions(
+    session: Session,
+    *,
+    model_id: int,
+    results: Sequence[tuple[int, Prediction]],
+    worker: str | None,
+) -> int:
+    """Write predictions idempotently (one per image and model); returns how many were new."""
+    if not results:
+        return 0
+    rows = [
+        {
+            "image_id": image_id,
+            "model_id": model_id,
+            "p_normal": pred.probabilities.get("normal", 0.0),
+            "p_pneumonia": pred.probabilities.get("pneumonia", 0.0),
+            "p_tuberculosis": pred.probabilities.get("tuberculosis", 0.0),
+            "predicted_label": pred.label,
+            "abnormality_score": pred.abnormality_score,
+            "flagged": pred.flagged,
+            "worker": worker,
+            "created_at": utcnow(),
+        }
+        for image_id, pred in results
+    ]
+    stmt = _insert(session, PredictionRow).on_conflict_do_nothing(
+        index_elements=["image_id", "model_id"]
+    )
+    inserted = session.execute(stmt.returning(PredictionRow.id), rows).all()
+    ids = [image_id for image_id, _ in results]
+    session.execute(
+        update(Image)
+        .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
+        .values(status=ImageStatus.PREDICTED.value, updated_at=utcnow())
+    )
+    study_ids = session.scalars(select(Image.study_id).where(Image.id.in_(ids)).distinct())
+    refresh_study_status(session, [s for s in study_ids if s is not None])
+    return len(inserted)
+
+
+def refresh_study_status(session: Session, study_ids: Iterable[int]) -> None:
+    """A study is screened once no image is queued (rejected if none was predicted)."""
+    for study_id in set(study_ids):
+        queued, predicted = session.execute(
+            select(
+                func.sum(case((Image.status == ImageStatus.QUEUED.value, 1), else_=0)),
+                func.sum(case((Image.status == ImageStatus.PREDICTED.value, 1), else_=0)),
+            ).where(Image.study_id == study_id)
+        ).one()
+        if queued:
+            status = StudyStatus.RECEIVED
+        elif predicted:
+            status = StudyStatus.SCREENED
+        else:
+            status = StudyStatus.REJECTED
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(status=status.value, updated_at=utcnow())
+        )
+
+
+def queued_image_ids(session: Session) -> list[int]:
+    """Every image still waiting for a prediction (re-enqueued after a crash or restart)."""
+    return list(
+        session.scalars(
+            select(Image.id).where(Image.status == ImageStatus.QUEUED.value).order_by(Image.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One row of the screening table."""
+
+    image_id: int
+    study_uid: str | None
+    sop_uid: str | None
+    source_path: str
+    status: str
+    reject_reason: str | None
+    reject_detail: str | None
+    predicted_label: str | None
+    p_pneumonia: float | None
+    p_tuberculosis: float | None
+    abnormality_score: int | None
+    flagged: bool | None
+    model_version: str | None
+
+
+def image_outcomes(session: Session, image_ids: Sequence[int]) -> list[ImageOutcome]:
+    """Status and latest active-model result of each image in ``image_ids``."""
+    active = select(ModelRow.id).where(ModelRow.active.is_(True)).scalar_subquery()
+    stmt = (
+        select(Image, Study.study_uid, PredictionRow, ModelRow.version)
+        .outerjoin(Study, Study.id == Image.study_id)
+        .outerjoin(
+            PredictionRow,
+            (PredictionRow.image_id == Image.id) & (PredictionRow.model_id == active),
+        )
+        .outerjoin(ModelRow, ModelRow.id == PredictionRow.model_id)
+        .where(Image.id.in_(image_ids))
+        .order_by(Image.id)
+    )
+    out = []
+    for image, study_uid, pred, version in session.execute(stmt):
+        out.append(
+            ImageOutcome(
+                image_id=image.id,
+                study_uid=study_uid,
+                sop_uid=image.sop_uid,
+                source_path=image.source_path,
+                status=image.status,
+                reject_reason=image.reject_reason,
+                reject_detail=image.reject_detail,
+                predicted_label=pred.predicted_label if pred else None,
+                p_pneumonia=pred.p_pneumonia if pred else None,
+                p_tuberculosis=pred.p_tuberculosis if pred else None,
+                abnormality_score=pred.abnormality_score if pred else None,
+                flagged=pred.flagged if pred else None,
+                model_version=version,
+            )
+        )
+    return out
+
+
+def count_pending(session: Session, image_ids: Sequence[int]) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.id.in_(image_ids), Image.status == ImageStatus.QUEUED.value)
+        )
+        or 0
+    )

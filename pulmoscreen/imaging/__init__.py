@@ -1,0 +1,13 @@
+"""Pure imaging: DICOM bytes in, display pixels and model input out (numpy, OpenCV, pydicom)."""
+
+from pulmoscreen.imaging.dicom import DicomImage, DicomMeta, read_dicom, read_header
+from pulmoscreen.imaging.preprocess import PreprocessSpec, to_model_input
+
+__all__ = [
+    "DicomImage",
+    "DicomMeta",
+    "PreprocessSpec",
+    "read_dicom",
+    "read_header",
+    "to_model_input",
+]

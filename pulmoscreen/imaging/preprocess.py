@@ -1,0 +1,59 @@
+"""The one preprocessing function shared by training and serving: ``to_model_input``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How display pixels become model input; saved in the model card beside the weights.
+
+    Attributes:
+        size: side of the square input, in pixels (the aspect ratio is not kept, as in the
+            training sources).
+        channels: the grey image is repeated into this many channels (3 for ResNet50).
+        clip_percentiles: per-image intensity normalisation: these percentiles map to 0 and 255,
+            which removes most of the brightness and contrast differences between sources.
+    """
+
+    size: int = 224
+    channels: int = 3
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        return cls(
+            size=int(data["size"]),
+            channels=int(data["channels"]),
+            clip_percentiles=(
+                float(data["clip_percentiles"][0]),
+                float(data["clip_percentiles"][1]),
+            ),
+        )
+
+
+def to_model_input(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """Display pixels (any size, grey or RGB, any numeric dtype) -> ``(size, size, channels)``.
+
+    Steps: luminance if colour, area resize to ``spec.size``, percentile clip and scale to
+    0..255 (float32), channel repeat. Deterministic: equal pixels give equal arrays.
+    """
+    grey = pixels.astype(np.float32, copy=False)
+    if grey.ndim == 3:
+        grey = cv2.cvtColor(grey, cv2.COLOR_RGB2GRAY)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    small = cv2.resize(grey, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(small, spec.clip_percentiles)
+    scaled = np.clip((small - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(small)
+    out = (scaled * 255.0).astype(np.float32)
+    return np.repeat(out[:, :, None], spec.channels, axis=2)

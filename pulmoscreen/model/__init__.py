@@ -1,0 +1,15 @@
+"""The screening model: build (ResNet50 + head), load with its card, predict in batches."""
+
+from pulmoscreen.model.build import LoadedModel, build_model, load_screening_model
+from pulmoscreen.model.card import ModelCard, card_path_for
+from pulmoscreen.model.infer import predict_batch, score_probabilities
+
+__all__ = [
+    "LoadedModel",
+    "ModelCard",
+    "build_model",
+    "card_path_for",
+    "load_screening_model",
+    "predict_batch",
+    "score_probabilities",
+]

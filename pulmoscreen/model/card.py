@@ -1,0 +1,80 @@
+"""The model card: labels, thresholds and preprocessing travel with the weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulmoscreen.imaging.preprocess import PreprocessSpec
+
+
+def card_path_for(model_path: Path) -> Path:
+    """``models/x.keras`` -> ``models/x.card.json``."""
+    return model_path.with_name(f"{model_path.stem}.card.json")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a worker needs to serve a model, and what a reader needs to trust it.
+
+    Attributes:
+        version: unique name of this model, stored with every prediction.
+        labels: output order of the classifier.
+        thresholds: per disease label, the probability at or above which an image is flagged.
+        preprocess: the exact input recipe the model was trained with.
+        trained: False for a randomly initialised network, whose scores are not findings.
+        sha256: digest of the weights file (or of this card for an untrained network).
+        details: free-form documentation (data, metrics, intended use, limitations).
+    """
+
+    version: str
+    labels: tuple[str, ...]
+    thresholds: dict[str, float]
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    trained: bool = True
+    sha256: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "labels": list(self.labels),
+            "thresholds": dict(self.thresholds),
+            "preprocess": self.preprocess.to_dict(),
+            "trained": self.trained,
+            "sha256": self.sha256,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        return cls(
+            version=str(data["version"]),
+            labels=tuple(data["labels"]),
+            thresholds={k: float(v) for k, v in data.get("thresholds", {}).items()},
+            preprocess=PreprocessSpec.from_dict(data.get("preprocess", {}) or {})
+            if data.get("preprocess")
+            else PreprocessSpec(),
+            trained=bool(data.get("trained", True)),
+            sha256=str(data.get("sha256", "")),
+            details=dict(data.get("details", {})),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        return cls.from_dict(json.loads(path.read_text()))

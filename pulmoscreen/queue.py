@@ -1,0 +1,52 @@
+"""The Celery application shared by ingest (sender) and worker (consumer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from celery import Celery
+from kombu import Queue
+
+from pulmoscreen.config import Settings
+
+INFERENCE_QUEUE = "inference"
+PREDICT_TASK = "pulmoscreen.predict_image"
+
+
+def make_celery(settings: Settings, *, name: str = "pulmoscreen") -> Celery:
+    """A Celery app on ``settings.broker_url`` with late acks and an explicit inference queue."""
+    app = Celery(name, broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_create_missing_queues=False,
+        task_queues=[Queue(INFERENCE_QUEUE)],
+        task_default_queue=INFERENCE_QUEUE,
+        task_routes={PREDICT_TASK: {"queue": INFERENCE_QUEUE}},
+        task_ignore_result=True,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 30),
+        # Batches fill up only if the worker may hold a whole batch of unacked messages.
+        worker_prefetch_multiplier=settings.batch_size,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def enqueue_images(app: Celery, image_ids: Iterable[int], *, attempt: int = 0) -> int:
+    """Send one inference task per image id; returns how many were sent."""
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for image_id in image_ids:
+            app.send_task(
+                PREDICT_TASK,
+                args=[int(image_id), attempt],
+                queue=INFERENCE_QUEUE,
+                producer=producer,
+            )
+            sent += 1
+    return sent

@@ -1,0 +1,69 @@
+"""Where files go after ingest: ``processed/`` for accepted ones, ``quarantine/`` for the rest.
+
+File names written here are built from sanitised UIDs or the base name only, so nothing is
+ever written outside the drop folder because of what a file or its header says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+PROCESSED_DIR = "processed"
+QUARANTINE_DIR = "quarantine"
+OWN_DIRS = frozenset({PROCESSED_DIR, QUARANTINE_DIR})
+SIDECAR_SUFFIX = ".reason.json"
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
+
+
+def safe_name(text: str, *, limit: int = 120) -> str:
+    """A file-name-safe version of ``text`` (no separators, no leading dots)."""
+    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:limit]
+    return cleaned or "unnamed"
+
+
+def _unique(dest: Path) -> Path:
+    if not dest.exists():
+        return dest
+    for n in range(1, 10_000):
+        candidate = dest.with_name(f"{dest.stem}~{n}{dest.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(dest)
+
+
+def move_file(src: Path, dest: Path) -> Path:
+    """Move ``src`` to ``dest`` (or a numbered sibling if taken); returns where it landed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = _unique(dest)
+    try:
+        os.replace(src, dest)
+    except OSError:
+        shutil.move(str(src), str(dest))
+    return dest
+
+
+def processed_destination(root: Path, *, study_uid: str, sop_uid: str) -> Path:
+    """``root/processed/<StudyInstanceUID>/<SOPInstanceUID>.dcm``."""
+    return root / PROCESSED_DIR / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
+
+
+def quarantine_file(src: Path, root: Path, *, reason: str, detail: str, source: str) -> Path:
+    """Move ``src`` into ``root/quarantine/`` and write a sidecar that says why."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    name = safe_name(Path(source).name or src.name)
+    dest = move_file(src, root / QUARANTINE_DIR / f"{stamp}_{name}")
+    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
+    sidecar.write_text(
+        json.dumps(
+            {"reason": reason, "detail": detail, "source": source, "quarantined_at": stamp},
+            indent=2,
+        )
+        + "\n"
+    )
+    return dest

@@ -1,0 +1,87 @@
+"""One inference batch: load rows, decode and preprocess, predict in one call, write results."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from pulmoscreen.config import Settings
+from pulmoscreen.db import queries, session_factory
+from pulmoscreen.domain import LABELS, Rejected, RejectReason
+from pulmoscreen.imaging import read_dicom, to_model_input
+from pulmoscreen.model import LoadedModel, load_screening_model, predict_batch, score_probabilities
+from pulmoscreen.storage import quarantine_file
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def served_model(model_path: Path | None, thresholds: tuple[tuple[str, float], ...]) -> LoadedModel:
+    """The model, loaded once per worker process on first use (never at import or before fork)."""
+    return load_screening_model(model_path, labels=LABELS, thresholds_override=dict(thresholds))
+
+
+@cache
+def model_row_id(database_url: str, model_path: Path | None, thresholds: tuple) -> int:
+    """Register the served model in ``models`` once per process; its id tags every prediction."""
+    loaded = served_model(model_path, thresholds)
+    with session_factory(database_url).begin() as session:
+        return queries.register_model(session, loaded.card)
+
+
+def predict_images(settings: Settings, image_ids: list[int], *, worker: str | None) -> None:
+    """Predict every still-queued image of ``image_ids`` under the served model, idempotently."""
+    model_path = settings.resolved_model_path()
+    thresholds = tuple(sorted(settings.thresholds.items()))
+    url = settings.resolved_database_url()
+    loaded = served_model(model_path, thresholds)
+    model_id = model_row_id(url, model_path, thresholds)
+    factory = session_factory(url)
+    with factory() as session:
+        images = queries.images_to_predict(session, image_ids, model_id)
+        paths = {image.id: Path(image.stored_path or image.source_path) for image in images}
+        sources = {image.id: image.source_path for image in images}
+    inputs, ids = [], []
+    for image_id, path in paths.items():
+        try:
+            pixels = read_dicom(path).pixels
+            inputs.append(to_model_input(pixels, loaded.card.preprocess))
+            ids.append(image_id)
+        except Rejected as exc:
+            _reject(factory, image_id, path, sources[image_id], exc.reason, exc.detail)
+        except FileNotFoundError:
+            _reject(
+                factory, image_id, path, sources[image_id], RejectReason.UNREADABLE, "file missing"
+            )
+    if not ids:
+        return
+    probs = predict_batch(loaded.model, np.stack(inputs))
+    results = [(i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)]
+    with factory.begin() as session:
+        new = queries.save_predictions(session, model_id=model_id, results=results, worker=worker)
+    log.info("batch of %d images predicted (%d new) by %s", len(ids), new, loaded.card.version)
+
+
+def _reject(  # type: ignore[no-untyped-def]
+    factory, image_id: int, path: Path, source: str, reason: RejectReason, detail: str
+) -> None:
+    """Quarantine a queued image whose pixels cannot be used; the pipeline goes on."""
+    log.warning("image %d rejected at decode: %s", image_id, reason.value)
+    stored: str | None = None
+    if path.exists():
+        root = _drop_root(path)
+        dest = quarantine_file(path, root, reason=reason.value, detail=detail, source=source)
+        stored = str(dest)
+    with factory.begin() as session:
+        queries.reject_image(session, image_id, reason=reason, detail=detail, stored_path=stored)
+
+
+def _drop_root(path: Path) -> Path:
+    """The drop folder that holds ``.../processed/<study>/<file>`` (or the file's folder)."""
+    for parent in path.parents:
+        if parent.name == "processed":
+            return parent.parent
+    return path.parent
