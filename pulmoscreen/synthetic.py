@@ -75,13 +75,18 @@ def make_cxr_dicom(
     ds.Modality = modality
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
-    ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
+    ds.set_pixel_data(
+        pixels,
+        photometric_interpretation=photometric,
+        bits_stored=bits_stored,
+        generate_instance_uid=False,
+    )
     for keyword, value in tags.items():
         setattr(ds, keyword, value)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     syntax = UID(transfer_syntax)
     if syntax.is_compressed:
-        ds.compress(syntax)
+        ds.compress(syntax, generate_instance_uid=False)
     else:
         ds.file_meta.TransferSyntaxUID = syntax
     directory.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-@cache
-def make_engine(url: str) -> Engine:
-    """One engine per URL and process; SQLite files get their folder created."""
-    url = normalise_url(url)
+def _ensure_sqlite_folder(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@cache
+def make_engine(url: str) -> Engine:
+    """One engine per URL and process; SQLite files get their folder created."""
+    url = normalise_url(url)
+    _ensure_sqlite_folder(url)
+    if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -52,6 +57,7 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
+    _ensure_sqlite_folder(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))

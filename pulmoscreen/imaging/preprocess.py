@@ -54,6 +54,10 @@ def to_model_input(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.flo
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
     small = cv2.resize(grey, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
     lo, hi = np.percentile(small, spec.clip_percentiles)
-    scaled = np.clip((small - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(small)
+    # A flat image must stay flat: resizing leaves float noise that a plain hi > lo would stretch.
+    if hi - lo > 1e-5 * max(1.0, abs(float(hi))):
+        scaled = np.clip((small - lo) / (hi - lo), 0.0, 1.0)
+    else:
+        scaled = np.zeros_like(small)
     out = (scaled * 255.0).astype(np.float32)
     return np.repeat(out[:, :, None], spec.channels, axis=2)

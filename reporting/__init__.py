@@ -1,0 +1,1 @@
+"""Nightly screening summary: aggregation, plots and HTML/PDF/CSV writers."""

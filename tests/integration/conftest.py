@@ -1,0 +1,86 @@
+"""Real services: a fresh PostgreSQL database per test (schema by Alembic) and a Redis db."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get(
+    "PULMO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PULMO_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+HINT = "run `make services` (scripts/ensure-services.sh) to start it"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database upgraded to head; dropped afterwards."""
+    import psycopg
+
+    from pulmoscreen.db import upgrade_database
+
+    name = f"pulmo_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}; {HINT}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade_database(url)
+    yield url
+    from pulmoscreen.db.session import make_engine, normalise_url
+
+    make_engine(normalise_url(url)).dispose()
+    make_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A flushed Redis database for the broker."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}; {HINT}")
+    yield REDIS_URL
+    client.flushdb()
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def pulmo_env(**overrides: str) -> dict[str, str]:
+    """The environment for a PulmoScreen subprocess: this one, minus PULMO_*, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULMO_")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PULMO_STABLE_SECONDS": "0", **overrides})
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pulmoscreen.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )

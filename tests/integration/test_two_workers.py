@@ -1,0 +1,102 @@
+"""Two `celery -A worker` processes on one Redis queue share the work; no image twice."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ingest import Ingestor
+from pulmoscreen.config import Settings
+from pulmoscreen.db import Image, PredictionRow, session_factory
+from pulmoscreen.queue import INFERENCE_QUEUE, enqueue_images, make_celery
+from tests.factories import make_cxr_dicom
+from tests.integration.conftest import pulmo_env, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = str(Path(sys.executable).parent / "celery")
+
+
+def start_worker_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            INFERENCE_QUEUE,
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+class TestTwoWorkers:
+    def test_share_one_queue(self, pg_url, redis_url, tiny_model_path, tmp_path):
+        env = pulmo_env(
+            PULMO_DATABASE_URL=pg_url,
+            PULMO_BROKER_URL=redis_url,
+            PULMO_MODEL_PATH=str(tiny_model_path),
+            PULMO_BATCH_SIZE="4",
+            PULMO_FLUSH_INTERVAL="0.5",
+        )
+        settings = Settings(
+            database_url=pg_url, broker_url=redis_url, model_path=tiny_model_path, batch_size=4
+        )
+        app = make_celery(settings)
+        workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2)]
+        try:
+            wait_until(
+                lambda: len(app.control.ping(timeout=1.0)) == 2, timeout=120, what="2 workers"
+            )
+            drop = tmp_path / "inbox"
+            for seed in range(60):
+                make_cxr_dicom(drop, seed=500 + seed, rows=256, cols=256)
+            sessions = session_factory(pg_url)
+            ingestor = Ingestor(
+                drop,
+                sessions=sessions,
+                stable_seconds=0,
+                enqueue=lambda ids: enqueue_images(app, ids),
+            )
+            assert len(ingestor.scan_once()) == 60
+
+            def all_done() -> bool:
+                with sessions() as session:
+                    stmt = select(func.count()).select_from(Image).where(Image.status == "queued")
+                    return session.scalar(stmt) == 0
+
+            wait_until(all_done, timeout=180, what="60 predictions")
+        finally:
+            for proc in workers:
+                proc.terminate()
+            for proc in workers:
+                proc.wait(timeout=60)
+        with sessions() as session:
+            per_image = session.execute(
+                select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+            ).all()
+            by_worker = dict(
+                session.execute(
+                    select(PredictionRow.worker, func.count()).group_by(PredictionRow.worker)
+                ).all()
+            )
+        assert len(per_image) == 60
+        assert {n for _, n in per_image} == {1}
+        assert len(by_worker) == 2, by_worker
+        assert all(name.startswith(("w1@", "w2@")) for name in by_worker)

@@ -1,0 +1,63 @@
+"""The inference task in a real Celery worker, on the real Redis and PostgreSQL."""
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import func, select
+
+from ingest import Ingestor
+from pulmoscreen.config import Settings
+from pulmoscreen.db import Image, ModelRow, PredictionRow, session_factory
+from pulmoscreen.queue import enqueue_images
+from tests.factories import make_cxr_dicom
+from tests.integration.conftest import wait_until
+from worker.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+def count(sessions, stmt):
+    with sessions() as session:
+        return session.scalar(stmt)
+
+
+class TestBatchedInferenceTask:
+    def test_each_image_predicted_once_even_when_sent_twice(
+        self, pg_url, redis_url, tiny_model_path, tmp_path
+    ):
+        settings = Settings(
+            database_url=pg_url,
+            broker_url=redis_url,
+            model_path=tiny_model_path,
+            batch_size=4,
+            flush_interval=0.3,
+        )
+        sessions = session_factory(pg_url)
+        app = create_app(settings)
+        drop = tmp_path / "inbox"
+        for seed in range(10):
+            make_cxr_dicom(drop, seed=100 + seed)
+        broken = make_cxr_dicom(drop, seed=200, filename="broken.dcm")
+        broken.write_bytes(broken.read_bytes()[:4000])
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+            ingestor = Ingestor(
+                drop,
+                sessions=sessions,
+                stable_seconds=0,
+                enqueue=lambda ids: enqueue_images(app, ids),
+            )
+            ids = [o.image_id for o in ingestor.scan_once()]
+            enqueue_images(app, ids)  # every message delivered twice
+            queued = select(func.count()).select_from(Image).where(Image.status == "queued")
+            wait_until(lambda: count(sessions, queued) == 0, timeout=120, what="predictions")
+
+        assert count(sessions, select(func.count()).select_from(PredictionRow)) == 10
+        per_image = select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+        with sessions() as session:
+            assert {n for _, n in session.execute(per_image)} == {1}
+            model = session.scalars(select(ModelRow)).one()
+            rejected = session.scalars(select(Image).where(Image.status == "rejected")).one()
+        assert model.version == "tiny-test-1"
+        assert model.active
+        assert len(model.sha256) == 64
+        assert rejected.reject_reason == "truncated"
+        assert "/quarantine/" in rejected.stored_path
