@@ -7,11 +7,12 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
-from pulmoscreen.imaging import read_dicom, to_model_input
+from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from pulmoscreen.model import LoadedModel, load_screening_model, predict_batch, score_probabilities
 from pulmoscreen.storage import quarantine_file
 
@@ -44,25 +45,33 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
         images = queries.images_to_predict(session, image_ids, model_id)
         paths = {image.id: Path(image.stored_path or image.source_path) for image in images}
         sources = {image.id: image.source_path for image in images}
-    inputs, ids = [], []
-    for image_id, path in paths.items():
-        try:
-            pixels = read_dicom(path).pixels
-            inputs.append(to_model_input(pixels, loaded.card.preprocess))
-            ids.append(image_id)
-        except Rejected as exc:
-            _reject(factory, image_id, path, sources[image_id], exc.reason, exc.detail)
-        except FileNotFoundError:
-            _reject(
-                factory, image_id, path, sources[image_id], RejectReason.UNREADABLE, "file missing"
-            )
+    ids, inputs, failures = prepare_inputs(paths, loaded.card.preprocess)
+    for image_id, reason, detail in failures:
+        _reject(factory, image_id, paths[image_id], sources[image_id], reason, detail)
     if not ids:
         return
-    probs = predict_batch(loaded.model, np.stack(inputs))
+    probs = predict_batch(loaded.model, inputs)
     results = [(i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)]
     with factory.begin() as session:
         new = queries.save_predictions(session, model_id=model_id, results=results, worker=worker)
     log.info("batch of %d images predicted (%d new) by %s", len(ids), new, loaded.card.version)
+
+
+def prepare_inputs(
+    paths: dict[int, Path], spec: PreprocessSpec
+) -> tuple[list[int], NDArray[np.float32], list[tuple[int, RejectReason, str]]]:
+    """Decode and preprocess each file: ids and stacked inputs of the good ones, and failures."""
+    ids, inputs, failures = [], [], []
+    for image_id, path in paths.items():
+        try:
+            inputs.append(to_model_input(read_dicom(path).pixels, spec))
+            ids.append(image_id)
+        except Rejected as exc:
+            failures.append((image_id, exc.reason, exc.detail))
+        except FileNotFoundError:
+            failures.append((image_id, RejectReason.UNREADABLE, "file missing"))
+    batch = np.stack(inputs) if inputs else np.empty((0, spec.size, spec.size, spec.channels))
+    return ids, batch.astype(np.float32, copy=False), failures
 
 
 def _reject(  # type: ignore[no-untyped-def]
