@@ -219,6 +219,64 @@ def demo(
     raise typer.Exit(run_screen(settings, inbox, local_worker=True, timeout=1800.0))
 
 
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option(help="Folder of <label>/<image> files; repeatable.")],
+    out: Annotated[Path, typer.Option(help="Run folder: splits, checkpoints, model, metrics.")],
+    init: Annotated[str, typer.Option(help="scratch, imagenet, or a .keras model path.")] = (
+        "scratch"
+    ),
+    arch: Annotated[str, typer.Option(help="resnet50, or tiny for dry runs.")] = "resnet50",
+    epochs: Annotated[int, typer.Option(help="Total epochs (both phases).")] = 8,
+    head_epochs: Annotated[int, typer.Option(help="Frozen-backbone epochs (pretrained).")] = 2,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
+    seed: Annotated[int, typer.Option()] = 0,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience, epochs.")] = 3,
+    rotation: Annotated[float, typer.Option(help="Max rotation, degrees (0: off).")] = 10.0,
+    zoom: Annotated[float, typer.Option(help="Max zoom fraction (0: off).")] = 0.1,
+    shift: Annotated[float, typer.Option(help="Max width/height shift fraction (0: off).")] = 0.1,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    target_sensitivity: Annotated[float, typer.Option(help="Per-disease threshold goal.")] = 0.9,
+    precision: Annotated[str, typer.Option(help="auto, float32 or mixed_bfloat16.")] = "auto",
+    cache_dir: Annotated[Path | None, typer.Option(help="Preprocessed-input cache.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT.")] = False,
+    fit_only: Annotated[bool, typer.Option(help="Stop after the fit stage.")] = False,
+) -> None:
+    """Train the screening model on labelled folders, then calibrate, evaluate and package it."""
+    from training.augment import AugmentSpec
+    from training.train import TrainConfig, fit
+
+    _setup_logging(True)
+    settings = get_settings()
+    config = TrainConfig(
+        data=tuple(data),
+        out=out,
+        init=init,
+        arch=arch,
+        epochs=epochs,
+        head_epochs=head_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        size=size,
+        seed=seed,
+        patience=patience,
+        target_sensitivity=target_sensitivity,
+        precision=precision,
+        imagenet_weights=settings.imagenet_weights,
+        cache_dir=cache_dir,
+        augment=AugmentSpec(rotation_deg=rotation, zoom=zoom, shift=shift, flip=flip),
+    )
+    fit(config, resume=resume)
+    if fit_only:
+        return
+    from training.finalize import finalize
+
+    card = finalize(config)
+    console.print(f"model {card.version} written to {out}")
+
+
 def main() -> None:
     # TensorFlow's C++ start-up chatter is not for screening staff.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -78,7 +78,30 @@ def build_model(
     outputs = keras.layers.Dense(len(labels), activation="softmax", name="probs", dtype="float32")(
         x
     )
-    return keras.Model(inputs, outputs, name="pulmoscreen_resnet50")
+    return keras.Model(inputs, outputs, name="screening_model")
+
+
+def build_tiny_model(labels: tuple[str, ...] | list[str], *, input_size: int = 32) -> Any:
+    """A small CNN with the screening model's contract, for tests and pipeline dry runs."""
+    import keras
+
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    body = keras.Sequential(
+        [
+            keras.Input((input_size, input_size, 3)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+        ],
+        name="backbone",
+    )
+    x = body(x)
+    outputs = keras.layers.Dense(len(labels), activation="softmax", name="probs", dtype="float32")(
+        x
+    )
+    return keras.Model(inputs, outputs, name="screening_model")
 
 
 def untrained_card(labels: tuple[str, ...], spec: PreprocessSpec) -> ModelCard:
