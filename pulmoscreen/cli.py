@@ -277,6 +277,25 @@ def train(
     console.print(f"model {card.version} written to {out}")
 
 
+@app.command()
+def evaluate(
+    data: Annotated[list[Path], typer.Option(help="Folder of <label>/<image> files; repeatable.")],
+    out: Annotated[Path, typer.Option(help="Where metrics.json, predictions.csv, plots go.")],
+    model: Annotated[
+        Path | None, typer.Option(help="Model file (default: the configured/shipped one).")
+    ] = None,
+) -> None:
+    """Evaluate a model on labelled folders: metrics.json, predictions.csv and PNG charts."""
+    from training.evaluate import evaluate_folders
+
+    _setup_logging(True)
+    metrics = evaluate_folders(data, model or get_settings().resolved_model_path(), out)
+    console.print_json(
+        data={k: metrics[k] for k in ("n", "accuracy", "macro_auc", "model_version")}
+    )
+    console.print(f"written to {out}")
+
+
 def main() -> None:
     # TensorFlow's C++ start-up chatter is not for screening staff.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

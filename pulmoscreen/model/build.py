@@ -104,6 +104,36 @@ def build_tiny_model(labels: tuple[str, ...] | list[str], *, input_size: int = 3
     return keras.Model(inputs, outputs, name="screening_model")
 
 
+COMPACT_SUFFIX = ".npz"
+
+
+def save_compact(model: Any, path: Path) -> None:
+    """Weights only, kernels in float16 (half the size); rebuilt from the card on load."""
+    import numpy as np
+
+    arrays = {}
+    for i, w in enumerate(model.get_weights()):
+        small = w.ndim > 1 and float(np.abs(w).max(initial=0.0)) < 6e4
+        arrays[f"w{i:04d}"] = w.astype(np.float16) if small else w.astype(np.float32)
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_compact(path: Path, card: ModelCard) -> Any:
+    """Rebuild the architecture named in the card and load float16/32 weights as float32."""
+    import numpy as np
+
+    size = card.preprocess.size
+    if card.details.get("arch", "resnet50") == "tiny":
+        model = build_tiny_model(card.labels, input_size=size)
+    else:
+        model = build_model(card.labels, weights=None, input_size=size)
+    with np.load(path) as data:
+        weights = [data[f"w{i:04d}"].astype(np.float32) for i in range(len(data.files))]
+    model.set_weights(weights)
+    return model
+
+
 def untrained_card(labels: tuple[str, ...], spec: PreprocessSpec) -> ModelCard:
     """Card of a randomly initialised network: versioned by its recipe, never flags."""
     recipe = {"arch": "resnet50", "seed": 0, "labels": list(labels), "spec": spec.to_dict()}
@@ -148,4 +178,6 @@ def load_screening_model(
     if thresholds_override:
         card = replace(card, thresholds={**card.thresholds, **thresholds_override})
     log.info("loaded model %s (sha256 %s)", card.version, card.sha256[:12])
+    if model_path.suffix == COMPACT_SUFFIX:
+        return LoadedModel(load_compact(model_path, card), card)
     return LoadedModel(build_model(labels, weights=model_path), card)

@@ -1,0 +1,123 @@
+"""Train -> evaluate -> serve, end to end with a tiny stand-in network on synthetic data."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from pulmoscreen.db import ModelRow, PredictionRow, session_factory
+from pulmoscreen.model.card import sha256_file
+from pulmoscreen.synthetic import chest_phantom
+from tests.factories import make_cxr_dicom
+from tests.integration.conftest import pulmo_env, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MARKS = {
+    "normal": None,
+    "pneumonia": (slice(20, 44), slice(8, 28)),
+    "tuberculosis": (slice(6, 22), slice(36, 60)),
+}
+
+
+def make_dataset(root: Path, per_label: int = 24) -> None:
+    """Synthetic chests; disease images carry a bright patch where the disease 'is'."""
+    for li, (label, patch) in enumerate(MARKS.items()):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(per_label):
+            img = chest_phantom(64, 64, seed=1000 * li + i)
+            if patch:
+                img[patch] += 0.5
+            # two images per patient: the split must keep them together
+            name = f"person{li * 100 + i // 2}_{label}_{i}.png"
+            cv2.imwrite(str(folder / name), (np.clip(img, 0, 1) * 255).astype(np.uint8))
+    make_cxr_dicom(root / "normal", seed=77, rows=256, cols=256, filename="person999_dcm.dcm")
+
+
+class TestTrainEvaluateServe:
+    def test_loop(self, tmp_path):
+        data, run = tmp_path / "site", tmp_path / "run"
+        make_dataset(data)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        trained = run_cli(
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run),
+            "--arch",
+            "tiny",
+            "--size",
+            "32",
+            "--epochs",
+            "4",
+            "--learning-rate",
+            "0.01",
+            env=env,
+            cwd=tmp_path,
+        )
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        model = run / "pulmoscreen_resnet50.npz"
+        card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())
+        assert set(card["thresholds"]) == {"pneumonia", "tuberculosis"}
+        assert card["preprocess"]["size"] == 32
+        assert card["details"]["test_metrics"]["n"] == len(
+            json.loads((run / "splits.json").read_text())["test"]
+        )
+        splits = json.loads((run / "splits.json").read_text())
+        patients = [{r["patient"] for r in splits[s]} for s in ("train", "val", "test")]
+        assert not (patients[0] & patients[1])
+        assert not (patients[0] & patients[2])
+        assert "## Held-out test split" in (run / "MODEL_CARD.md").read_text()
+
+        # evaluate on a folder holding a single label: nulls, never a crash
+        only_tb = tmp_path / "only_tb"
+        (only_tb / "tuberculosis").mkdir(parents=True)
+        for path in sorted((data / "tuberculosis").glob("*.png"))[:5]:
+            (only_tb / "tuberculosis" / path.name).write_bytes(path.read_bytes())
+        out = tmp_path / "eval"
+        evaluated = run_cli(
+            "evaluate",
+            "--data",
+            str(only_tb),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n"] == 5
+        assert metrics["macro_auc"] is None
+        assert metrics["per_class"]["tuberculosis"]["specificity"] is None
+        for name in (
+            "confusion_matrix.png",
+            "roc.png",
+            "reliability.png",
+            "score_histograms.png",
+            "predictions.csv",
+        ):
+            assert (out / name).stat().st_size > 0
+
+        # the worker serves the trained model and records it in the models table
+        inbox = tmp_path / "inbox"
+        for seed in range(3):
+            make_cxr_dicom(inbox, seed=900 + seed, rows=256, cols=256)
+        served = run_cli(
+            "screen", str(inbox), env={**env, "PULMO_MODEL_PATH": str(model)}, cwd=tmp_path
+        )
+        assert served.returncode == 0, served.stdout + served.stderr
+        assert "UNTRAINED" not in served.stdout
+        url = f"sqlite:///{tmp_path / 'state' / 'pulmoscreen.db'}"
+        with session_factory(url)() as session:
+            row = session.scalars(select(ModelRow)).one()
+            n_pred = len(session.scalars(select(PredictionRow)).all())
+        assert row.version == card["version"]
+        assert row.sha256 == sha256_file(model)
+        assert row.thresholds == card["thresholds"]
+        assert n_pred == 3

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from training.dataset import Sample, check_disjoint, discover, patient_key, split_samples
+
+
+class TestPatientKey:
+    @pytest.mark.parametrize(
+        ("name", "patient"),
+        [
+            ("person1000_bacteria_2931.jpeg", "k:person1000"),
+            ("person1000_virus_1681.jpeg", "k:person1000"),
+            ("00001280_004.jpg", "k:00001280"),
+            ("IM-0115-0001.jpeg", "k:IM-0115"),
+            ("NORMAL2-IM-1427-0001.jpeg", "k:NORMAL2-IM-1427"),
+            ("tuberculosis-10000.jpg", "k:tuberculosis/tuberculosis-10000"),
+        ],
+    )
+    def test_patterns(self, name, patient):
+        assert patient_key("k", Path("tuberculosis") / name) == patient
+
+
+def sample(i: int, *, patient: str, label: str = "normal", sha: str | None = None) -> Sample:
+    return Sample(Path(f"{label}/{i}.png"), label, "src", patient, sha or f"sha{i}")
+
+
+class TestSplitSamples:
+    def test_patient_disjoint_and_stratified(self):
+        samples = [
+            sample(i, patient=f"p{i // 3}", label=("normal", "pneumonia")[i % 2])
+            for i in range(300)
+        ]
+        splits = split_samples(samples, seed=1)
+        patients = {name: {s.patient for s in items} for name, items in splits.items()}
+        assert not patients["train"] & patients["val"]
+        assert not patients["train"] & patients["test"]
+        assert not patients["val"] & patients["test"]
+        assert sum(len(v) for v in splits.values()) == 300
+        assert 190 <= len(splits["train"]) <= 230
+        for items in splits.values():
+            labels = {s.label for s in items}
+            assert labels == {"normal", "pneumonia"}
+
+    def test_identical_images_of_different_patients_share_a_split(self):
+        samples = [
+            sample(i, patient=f"p{i}", sha="same" if i in (3, 77) else None) for i in range(100)
+        ]
+        splits = split_samples(samples, seed=2)
+        where = {s.path.name: name for name, items in splits.items() for s in items}
+        assert where["3.png"] == where["77.png"]
+
+    def test_check_disjoint_raises(self):
+        with pytest.raises(ValueError, match="patient p1"):
+            check_disjoint({"train": [sample(1, patient="p1")], "test": [sample(2, patient="p1")]})
+
+
+class TestDiscover:
+    def test_labels_from_folders(self, tmp_path):
+        root = tmp_path / "siteA"
+        for label in ("normal", "tuberculosis", "other"):
+            (root / label).mkdir(parents=True)
+            cv2.imwrite(str(root / label / "a.png"), np.zeros((8, 8), np.uint8))
+        found = discover([root])
+        assert sorted(s.label for s in found) == ["normal", "tuberculosis"]
+        assert {s.source for s in found} == {"siteA"}

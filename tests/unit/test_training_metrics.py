@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from training.metrics import (
+    compute_metrics,
+    sensitivity_specificity,
+    threshold_for_sensitivity,
+)
+
+LABELS = ("normal", "pneumonia", "tuberculosis")
+
+
+class TestThresholdForSensitivity:
+    def test_highest_threshold_meeting_the_target(self):
+        scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.2])
+        positive = np.array([True, True, True, True, True, False, False])
+        # 5 positives, target 0.8 -> 4 must be flagged -> threshold at the 4th highest, 0.6
+        assert threshold_for_sensitivity(scores, positive, 0.8) == pytest.approx(0.6)
+        assert threshold_for_sensitivity(scores, positive, 1.0) == pytest.approx(0.5)
+
+    def test_no_positive_cases(self):
+        assert threshold_for_sensitivity(np.array([0.3]), np.array([False]), 0.9) is None
+
+
+class TestSensitivitySpecificity:
+    def test_hand_computed(self):
+        flagged = np.array([True, True, False, False, True])
+        positive = np.array([True, False, True, False, True])
+        sens, spec = sensitivity_specificity(flagged, positive)
+        assert sens == pytest.approx(2 / 3)
+        assert spec == pytest.approx(1 / 2)
+
+    def test_missing_side_is_none(self):
+        assert sensitivity_specificity(np.array([True]), np.array([True])) == (1.0, None)
+
+
+class TestComputeMetrics:
+    def test_hand_computed_case(self):
+        probs = np.array(
+            [
+                [0.8, 0.1, 0.1],  # normal, right
+                [0.2, 0.7, 0.1],  # pneumonia, right
+                [0.5, 0.1, 0.4],  # tb, predicted normal but over the TB threshold
+                [0.1, 0.1, 0.8],  # tb, right
+            ]
+        )
+        truth = ["normal", "pneumonia", "tuberculosis", "tuberculosis"]
+        m = compute_metrics(truth, probs, LABELS, {"pneumonia": 0.5, "tuberculosis": 0.3})
+        assert m["n"] == 4
+        assert m["accuracy"] == pytest.approx(0.75)
+        assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+        tb = m["per_class"]["tuberculosis"]
+        assert tb["sensitivity"] == 1.0  # 0.4 and 0.8 both >= 0.3
+        assert tb["specificity"] == 1.0
+        assert tb["threshold"] == 0.3
+        assert tb["auc"] == 1.0
+        assert m["per_class"]["normal"]["threshold"] is None
+
+    def test_single_label_folder_gives_nulls_not_a_crash(self):
+        probs = np.array([[0.2, 0.1, 0.7], [0.6, 0.1, 0.3]])
+        m = compute_metrics(["tuberculosis"] * 2, probs, LABELS, {"tuberculosis": 0.5})
+        assert m["macro_auc"] is None
+        assert m["per_class"]["tuberculosis"]["auc"] is None
+        assert m["per_class"]["tuberculosis"]["sensitivity"] == 0.5
+        assert m["per_class"]["tuberculosis"]["specificity"] is None
+        assert m["per_class"]["pneumonia"]["sensitivity"] is None
