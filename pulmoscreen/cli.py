@@ -296,6 +296,20 @@ def evaluate(
     console.print(f"written to {out}")
 
 
+@app.command("pack-data")
+def pack_data(
+    data: Annotated[list[Path], typer.Option(help="Folder of <label>/<image> files; repeatable.")],
+    out: Annotated[Path, typer.Option(help="Destination: <source>/<label>/<name>.jpg.")],
+    size: Annotated[int, typer.Option(help="Side of the square copies, pixels.")] = 224,
+    quality: Annotated[int, typer.Option(help="JPEG quality.")] = 85,
+) -> None:
+    """Make a compact grey-JPEG copy of training folders (for a GPU host)."""
+    from training.pack import pack_folders
+
+    total = pack_folders(data, out, size=size, quality=quality)
+    console.print(f"{total / 1e6:.1f} MB written to {out}")
+
+
 def main() -> None:
     # TensorFlow's C++ start-up chatter is not for screening staff.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
