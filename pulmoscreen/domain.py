@@ -48,6 +48,7 @@ class RejectReason(StrEnum):
     WRONG_MODALITY = "wrong_modality"
     MULTIFRAME = "multiframe"
     TOO_SMALL = "too_small"
+    TOO_LARGE = "too_large"
     DUPLICATE = "duplicate"
     UNREADABLE = "unreadable"
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    JPEG2000,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    RLELossless,
     generate_uid,
 )
 
@@ -48,17 +56,30 @@ def make_cxr_dicom(
     transfer_syntax: str = ExplicitVRLittleEndian,
     seed: int = 0,
     filename: str | None = None,
+    signed: bool = False,
+    file_meta: bool = True,
     **tags: Any,
 ) -> Path:
     """Write a synthetic frontal chest CR/DX to ``directory`` and return its path.
 
     UIDs derive from ``seed`` (the same seed gives the same SOPInstanceUID); ``tags`` set or
     override any attribute by keyword (``BodyPartExamined="HAND"``, ``ViewPosition="LL"``).
+    ``transfer_syntax`` may be any native, deflated, RLE, JPEG, JPEG-LS or JPEG 2000 syntax
+    (JPEG Baseline needs ``bits_stored=8``). ``signed`` stores the same image as signed values
+    ((0028,0103) PixelRepresentation 1) with a RescaleIntercept that restores them, so it
+    displays exactly as the unsigned file. ``file_meta=False`` writes a bare data set without
+    preamble and File Meta (ACR-NEMA style; native transfer syntaxes only).
     """
     display = chest_phantom(rows, cols, seed=seed)
     top = 2**bits_stored - 1
     values = display if photometric == "MONOCHROME2" else 1.0 - display
     pixels = np.round(values * top).astype(np.uint8 if bits_stored <= 8 else np.uint16)
+    if signed:
+        offset = 2 ** (bits_stored - 1)
+        pixels = (pixels.astype(np.int32) - offset).astype(
+            np.int8 if bits_stored <= 8 else np.int16
+        )
+        tags = {"RescaleIntercept": offset, "RescaleSlope": 1, "RescaleType": "US", **tags}
     ds = Dataset()
     sop_class = DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE
     ds.file_meta = FileMetaDataset()
@@ -84,12 +105,67 @@ def make_cxr_dicom(
     for keyword, value in tags.items():
         setattr(ds, keyword, value)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    syntax = UID(transfer_syntax)
-    if syntax.is_compressed:
-        ds.compress(syntax, generate_instance_uid=False)
-    else:
-        ds.file_meta.TransferSyntaxUID = syntax
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (filename or f"synthetic_{seed:05d}.dcm")
-    ds.save_as(path, enforce_file_format=True)
+    _encode(ds, UID(transfer_syntax))
+    if file_meta:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        _save_bare(ds, path)
     return path
+
+
+def _encode(ds: Dataset, syntax: UID) -> None:
+    """Set the transfer syntax, compressing the pixel data when it is an encapsulated one."""
+    if syntax in (RLELossless, JPEG2000Lossless):
+        ds.compress(syntax, generate_instance_uid=False)
+    elif syntax == JPEG2000:
+        ds.compress(syntax, generate_instance_uid=False, j2k_cr=[15])
+    elif syntax.is_compressed:
+        _compress_with_gdcm(ds, syntax)
+    else:
+        if syntax == ExplicitVRBigEndian and ds.BitsAllocated == 16:
+            # PixelData (OW) is written as stored: big endian needs its bytes swapped.
+            stored = ds.pixel_array
+            ds.PixelData = stored.astype(stored.dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = syntax
+
+
+def _compress_with_gdcm(ds: Dataset, syntax: UID) -> None:
+    """JPEG Baseline/Extended/Lossless and JPEG-LS, which pydicom cannot encode, via GDCM."""
+    import gdcm
+
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, coded = Path(tmp) / "plain.dcm", Path(tmp) / "coded.dcm"
+        ds.save_as(plain, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(plain))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
+        if reader.Read():
+            change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise ValueError(f"GDCM cannot encode {ds.BitsStored}-bit data as {syntax.name}")
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(str(coded))
+        if not writer.Write():
+            raise ValueError(f"GDCM could not write {syntax.name}")
+        encoded = pydicom.dcmread(coded)
+    ds.PixelData = encoded.PixelData
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    if syntax in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        ds.LossyImageCompression = "01"
+
+
+def _save_bare(ds: Dataset, path: Path) -> None:
+    """No preamble, no 'DICM', no File Meta: just the data set (ACR-NEMA style)."""
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if syntax.is_compressed:
+        raise ValueError("a bare data set cannot carry compressed pixel data")
+    ds.preamble = None
+    ds.file_meta = FileMetaDataset()
+    ds.save_as(path, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)

@@ -1,35 +1,64 @@
 """Read chest radiograph DICOMs: header validation with coded reasons, and display pixels.
 
-Validation rules (a missing optional attribute is never an error; many real chest files lack
-BodyPartExamined or ViewPosition):
+Validation rules, in this order (a missing optional attribute is never an error; many real
+chest files lack BodyPartExamined or ViewPosition):
 
-- the file must parse as DICOM (``not_dicom``) and carry SOPInstanceUID and StudyInstanceUID
-  (``missing_uid``);
+- the file must be a regular file, not a symbolic link (``unreadable``), and parse as DICOM:
+  with the 128-byte preamble and File Meta, or as a bare data set without them (ACR-NEMA
+  style) when it starts with a group 0002 or 0008 element and holds image attributes
+  (``not_dicom``); a header that ends early is ``truncated``;
+- it must carry SOPInstanceUID and StudyInstanceUID (``missing_uid``);
 - (0008,0060) Modality, when present, must be CR, DX or DR (``wrong_modality``);
 - (0018,0015) BodyPartExamined, when present and not empty, must name the chest (``not_chest``);
 - (0018,5101) ViewPosition, when present, must not be lateral or oblique (``not_frontal``);
 - (0028,0008) NumberOfFrames above 1 is a cine or stack, not a radiograph (``multiframe``);
-- (0028,0010) Rows and (0028,0011) Columns must both be at least ``MIN_SIDE`` (``too_small``);
-- the transfer syntax must have an installed pixel decoder (``unsupported_transfer_syntax``).
+- (0028,0010) Rows and (0028,0011) Columns must both be at least ``MIN_SIDE`` (``too_small``)
+  and their product at most ``MAX_PIXELS`` (``too_large``: refused before any decoding, since
+  such a header usually lies and a decoder would allocate what it says);
+- the transfer syntax must have an installed pixel decoder (``unsupported_transfer_syntax``);
+- the (7FE0,0010) PixelData element must be there (``no_pixel_data``), the file must not end
+  before it does (``truncated``), and it must be as large as Rows x Columns x BitsAllocated
+  need, or for compressed data the codestream must be the size the header says
+  (``decode_failed``);
+- the pixel data must decode (``decode_failed``).
+
+All but the last are checked from the header and a few bytes around the pixel data, so ingest
+rejects such files without decoding them (:func:`read_header`).
 """
 
 from __future__ import annotations
 
-import logging
+import errno
+import os
+import stat
+import struct
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from pulmoscreen.domain import Rejected, RejectReason
+from pulmoscreen.imaging.integrity import check_pixel_data
+from pulmoscreen.imaging.isolation import DecoderError, decode_isolated
 
-log = logging.getLogger(__name__)
+# pydicom's warnings about invalid values quote the value (a name, a birth date) into stderr
+# and the log; PulmoScreen reads whatever sites send and never logs PHI, so it keeps them quiet.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})
 CHEST_BODY_PART_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULMO")
@@ -37,6 +66,11 @@ NON_FRONTAL_VIEWS = frozenset(
     {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL"}
 )
 MIN_SIDE = 256
+# 8192 x 8192: above any radiography detector (a 35 x 43 cm plate read at 50 um is 7000 x 8600).
+MAX_PIXELS = 8192 * 8192
+# Attributes a bare (ACR-NEMA style) data set must hold to count as an image header.
+_BARE_IMAGE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Rows")
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass(frozen=True)
@@ -82,26 +116,84 @@ def _study_date(ds: Dataset) -> date | None:
         return None
 
 
-def _dcmread(path: Path, *, stop_before_pixels: bool) -> Dataset:
+def _open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading without following a symbolic link; only regular files.
+
+    A link may point outside the drop folder, and a FIFO or device would block the reader.
+    """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError as exc:
-        raise Rejected(RejectReason.NOT_DICOM, "no DICOM preamble or file meta") from exc
-    except EOFError as exc:
-        raise Rejected(RejectReason.TRUNCATED, "file ends inside the header") from exc
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise Rejected(RejectReason.UNREADABLE, f"header cannot be parsed: {exc}") from exc
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Rejected(RejectReason.UNREADABLE, "symbolic links are not followed") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Rejected(RejectReason.UNREADABLE, "not a regular file")
+    return os.fdopen(fd, "rb")
 
 
-def _meta(ds: Dataset) -> DicomMeta:
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """A data set without preamble starts with a group 0002 (File Meta) or 0008 element."""
+    if len(head) < 8:
+        return False
+    (group_le,) = struct.unpack("<H", head[:2])
+    (group_be,) = struct.unpack(">H", head[:2])
+    return group_le in (0x0002, 0x0008) or group_be == 0x0008
+
+
+def _parse(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    try:
+        return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        pass
+    fh.seek(0)
+    if not _looks_like_bare_dataset(fh.read(8)):
+        raise Rejected(RejectReason.NOT_DICOM, "no DICOM preamble or file meta")
+    fh.seek(0)
+    ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+    if not any(keyword in ds for keyword in _BARE_IMAGE_KEYWORDS):
+        raise Rejected(RejectReason.NOT_DICOM, "no DICOM preamble and no image header")
+    return ds
+
+
+def _set_transfer_syntax(ds: Dataset) -> None:
+    """A file without (0002,0010) TransferSyntaxUID is decoded as it was encoded when read."""
+    if "TransferSyntaxUID" in getattr(ds, "file_meta", {}):
+        return
+    implicit, little = ds.original_encoding
+    syntax = (
+        ImplicitVRLittleEndian
+        if implicit
+        else (ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian)
+    )
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def _read_dataset(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    """Parse the open file; every way a header can be broken becomes a coded rejection."""
+    try:
+        ds = _parse(fh, stop_before_pixels=stop_before_pixels)
+        _set_transfer_syntax(ds)
+    except Rejected:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; none may stop ingest
+        if _looks_truncated(exc):  # EOFError, or zlib's "incomplete or truncated stream"
+            raise Rejected(RejectReason.TRUNCATED, "the file ends inside the header") from exc
+        raise Rejected(RejectReason.UNREADABLE, f"header cannot be parsed: {exc!s:.300}") from exc
+    return ds
+
+
+def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
     sop_uid, study_uid = _text(ds, "SOPInstanceUID"), _text(ds, "StudyInstanceUID")
-    if not sop_uid or not study_uid:
+    if require_uids and (not sop_uid or not study_uid):
         raise Rejected(RejectReason.MISSING_UID, "SOPInstanceUID or StudyInstanceUID is absent")
-    file_meta = getattr(ds, "file_meta", None)
-    tsyntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
     return DicomMeta(
-        sop_uid=sop_uid,
-        study_uid=study_uid,
+        sop_uid=sop_uid or "",
+        study_uid=study_uid or "",
         patient_id=_text(ds, "PatientID"),
         accession=_text(ds, "AccessionNumber"),
         study_date=_study_date(ds),
@@ -112,6 +204,45 @@ def _meta(ds: Dataset) -> DicomMeta:
         cols=int(ds.get("Columns") or 0),
         transfer_syntax=str(tsyntax) if tsyntax else None,
     )
+
+
+def _cut_short(ds: Dataset, *, file_size: int) -> bool:
+    """Whether the file ends inside the header's last element.
+
+    pydicom reads a value the file cuts short without complaint, so compare where the last
+    element read says it ends with the file's size.
+    """
+    if not len(ds):
+        return True  # File Meta and nothing after it
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return False  # offsets are in the inflated stream, and zlib reports a cut itself
+    last = ds.get_item(max(ds.keys()))
+    value_tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if value_tell is None or length is None or length == 0xFFFFFFFF:
+        return False
+    return bool(value_tell + length > file_size)
+
+
+def _header(fh: BinaryIO, *, require_uids: bool = True) -> tuple[Dataset, DicomMeta, int]:
+    """The header (pixels not read), its metadata and (0028,0008) NumberOfFrames."""
+    ds = _read_dataset(fh, stop_before_pixels=True)
+    if _cut_short(ds, file_size=os.fstat(fh.fileno()).st_size):
+        raise Rejected(RejectReason.TRUNCATED, "the file ends inside the header")
+    try:
+        return ds, _meta(ds, require_uids=require_uids), int(ds.get("NumberOfFrames") or 1)
+    except Rejected:
+        raise
+    except Exception as exc:  # a malformed value (Rows, NumberOfFrames, ...)
+        raise Rejected(RejectReason.UNREADABLE, f"header cannot be parsed: {exc!s:.300}") from exc
+
+
+def check_size(meta: DicomMeta, *, frames: int = 1) -> None:
+    """Refuse an image larger than ``MAX_PIXELS`` before anything allocates it."""
+    if meta.rows * meta.cols * max(frames, 1) > MAX_PIXELS:
+        raise Rejected(
+            RejectReason.TOO_LARGE,
+            f"{meta.rows}x{meta.cols} x {frames} frame(s) is above {MAX_PIXELS} pixels",
+        )
 
 
 def validate_meta(meta: DicomMeta, *, frames: int = 1) -> None:
@@ -126,82 +257,178 @@ def validate_meta(meta: DicomMeta, *, frames: int = 1) -> None:
         raise Rejected(RejectReason.MULTIFRAME, f"{frames} frames")
     if min(meta.rows, meta.cols) < MIN_SIDE:
         raise Rejected(RejectReason.TOO_SMALL, f"{meta.rows}x{meta.cols} is below {MIN_SIDE} px")
-    if meta.transfer_syntax is not None:
-        try:
-            available = get_decoder(meta.transfer_syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            raise Rejected(
-                RejectReason.UNSUPPORTED_TRANSFER_SYNTAX,
-                f"no decoder installed for transfer syntax {meta.transfer_syntax}",
-            )
+    check_size(meta, frames=frames)
+    check_decodable(meta)
+
+
+def check_decodable(meta: DicomMeta) -> None:
+    """Refuse a transfer syntax that no installed pixel decoder handles."""
+    if meta.transfer_syntax is None:
+        return
+    try:
+        available = get_decoder(meta.transfer_syntax).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise Rejected(
+            RejectReason.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"no decoder installed for transfer syntax {meta.transfer_syntax}",
+        )
+
+
+def _check_integrity(fh: BinaryIO, ds: Dataset) -> None:
+    """Pixel data present and complete; ``fh`` must be where the header read stopped."""
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return  # pydicom inflated the data set in memory: file offsets mean nothing here
+    try:
+        check_pixel_data(fh, ds, file_size=os.fstat(fh.fileno()).st_size)
+    except (Rejected, OSError):
+        raise
+    except Exception as exc:  # a malformed Image Pixel module
+        raise Rejected(RejectReason.DECODE_FAILED, f"pixel data layout: {exc!s:.300}") from exc
 
 
 def read_header(path: Path) -> DicomMeta:
-    """Read and validate the header only (pixels are not read).
+    """Read and validate the header, and check that the pixel data is complete (not decoded).
+
+    Cheap: the header, plus a few bytes read and seeks at the pixel data.
 
     Raises:
         Rejected: the file is not a screenable chest radiograph; ``reason`` says why.
     """
-    ds = _dcmread(path, stop_before_pixels=True)
-    meta = _meta(ds)
-    validate_meta(meta, frames=int(ds.get("NumberOfFrames") or 1))
+    with _open_regular(path) as fh:
+        ds, meta, frames = _header(fh)
+        validate_meta(meta, frames=frames)
+        _check_integrity(fh, ds)
     return meta
 
 
-def _voi_output_range(ds: Dataset, arr: NDArray[np.float64]) -> tuple[float, float]:
-    """Range a viewer maps to black..white after the VOI stage."""
-    if "VOILUTSequence" in ds:
+def _first_number(ds: Dataset, keyword: str) -> float | None:
+    """The first value of a numeric attribute (a VM 1-n one holds alternatives), if usable."""
+    try:
+        value: Any = ds.get(keyword)
+        if isinstance(value, MultiValue | list | tuple):
+            value = value[0] if len(value) else None
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _apply_window(values: NDArray[np.float64], ds: Dataset) -> NDArray[np.float64] | None:
+    """(0028,1050) WindowCenter / (0028,1051) WindowWidth, the first pair, onto 0..1.
+
+    PS3.3 C.11.2.1.2 with the output range [0, 1]. An unusable window (width below 1, or not
+    positive for LINEAR_EXACT and SIGMOID) is ignored, as viewers do; None when there is none.
+    """
+    center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
+    if center is None or width is None:
+        return None
+    # (0028,1056) VOILUTFunction: LINEAR when absent or unknown.
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT" and width > 0:
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width > 1:
+        return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+    if width == 1:
+        return (values > center - 0.5).astype(np.float64)
+    return None
+
+
+def _full_range(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
+def _apply_voi(values: NDArray[np.float64], ds: Dataset) -> NDArray[np.float64]:
+    """VOI stage onto 0..1: the first (0028,3010) VOI LUT Sequence item, else the first window,
+    else the image's own range (what a viewer shows with no VOI attributes)."""
+    if ds.get("VOILUTSequence"):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        # Mirrors pydicom's apply_windowing: output spans the stored range after rescale.
-        if ds.get("PixelRepresentation", 0) == 0:
-            y_min, y_max = 0.0, float(2 ** int(ds.BitsStored) - 1)
-        else:
-            y_min = -float(2 ** (int(ds.BitsStored) - 1))
-            y_max = float(2 ** (int(ds.BitsStored) - 1) - 1)
-        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
-        return y_min * slope + intercept, y_max * slope + intercept
-    return float(arr.min()), float(arr.max())
+        # LUT entries are indexed by whole modality values: round any rescaled fraction.
+        looked_up = apply_voi(np.rint(values).astype(np.int64), ds, index=0).astype(np.float64)
+        return np.clip(looked_up / float(2**bits - 1), 0.0, 1.0)
+    windowed = _apply_window(values, ds)
+    return windowed if windowed is not None else _full_range(values)
 
 
 def to_display(ds: Dataset, stored: NDArray[np.generic]) -> NDArray[np.float32]:
-    """Stored values -> display pixels in [0, 1] (Modality LUT, VOI LUT, MONOCHROME1)."""
-    arr = stored
-    if arr.ndim == 3:  # colour secondary capture: luminance only
-        arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds, index=0).astype(np.float64)
-    lo, hi = _voi_output_range(ds, arr)
-    span = hi - lo if hi > lo else 1.0
-    display = np.clip((arr - lo) / span, 0.0, 1.0).astype(np.float32)
+    """Stored values -> display pixels in [0, 1] (Modality LUT, VOI LUT, MONOCHROME1).
+
+    ``stored`` comes from pydicom's decoders, which already mask bits above (0028,0101)
+    BitsStored and sign-extend signed data ((0028,0103) PixelRepresentation 1).
+    """
+    if stored.ndim == 3:  # colour (secondary capture): luminance, no LUT applies
+        return _full_range(stored.astype(np.float64) @ _LUMA).astype(np.float32)
+    # (0028,1052/1053) Rescale or (0028,3000) Modality LUT Sequence: stored -> modality values.
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    display = _apply_voi(values, ds)
     # (0028,0004) PhotometricInterpretation MONOCHROME1: the minimum value is white.
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         display = 1.0 - display
-    return display
+    return display.astype(np.float32)
 
 
-def read_dicom(path: Path) -> DicomImage:
+def _decode_native(fh: BinaryIO) -> NDArray[Any]:
+    """Native (uncompressed or deflated) pixel data: numpy only, so it stays in this process."""
+    fh.seek(0)
+    ds = _read_dataset(fh, stop_before_pixels=False)
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:
+        reason = RejectReason.TRUNCATED if _looks_truncated(exc) else RejectReason.DECODE_FAILED
+        raise Rejected(reason, f"pixel data cannot be decoded: {exc!s:.300}") from exc
+
+
+def _decode_encapsulated(path: Path) -> NDArray[Any]:
+    """Compressed pixel data, decoded in the helper process (see ``isolation``)."""
+    try:
+        return decode_isolated(path)
+    except DecoderError as exc:
+        what = "the decoder crashed" if exc.crashed else "pixel data cannot be decoded"
+        raise Rejected(RejectReason.DECODE_FAILED, f"{what}: {exc!s:.300}") from exc
+
+
+def _first_frame(stored: NDArray[Any], *, frames: int) -> NDArray[Any]:
+    if frames > 1:
+        stored = stored[0]
+    if stored.ndim not in (2, 3) or min(stored.shape[:2]) < 1:
+        raise Rejected(RejectReason.DECODE_FAILED, f"decoded pixels have shape {stored.shape}")
+    return stored
+
+
+def read_dicom(path: Path, *, validate: bool = True) -> DicomImage:
     """Read, validate and decode a chest radiograph into display pixels.
+
+    Args:
+        path: the DICOM file.
+        validate: False skips the screening rules (UIDs, modality, body part, view, frames,
+            minimum size) to look at any image, e.g. a codec test file; the size limit, the
+            decoder and pixel data checks still apply. A multi-frame image gives its first frame.
 
     Raises:
         Rejected: invalid header (see module docstring) or pixel data that cannot be decoded.
     """
-    ds = _dcmread(path, stop_before_pixels=False)
-    meta = _meta(ds)
-    validate_meta(meta, frames=int(ds.get("NumberOfFrames") or 1))
-    if "PixelData" not in ds:
-        raise Rejected(RejectReason.NO_PIXEL_DATA, "no (7FE0,0010) PixelData")
+    with _open_regular(path) as fh:
+        header, meta, frames = _header(fh, require_uids=validate)
+        if validate:
+            validate_meta(meta, frames=frames)
+        else:
+            check_size(meta, frames=frames)
+            check_decodable(meta)
+        _check_integrity(fh, header)
+        if UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
+            stored = _decode_encapsulated(path)
+        else:
+            stored = _decode_native(fh)
     try:
-        stored = ds.pixel_array
-    except (ValueError, EOFError) as exc:
-        reason = RejectReason.TRUNCATED if _looks_truncated(exc) else RejectReason.DECODE_FAILED
-        raise Rejected(reason, f"pixel data cannot be decoded: {exc}") from exc
-    except (RuntimeError, NotImplementedError, TypeError, AttributeError, KeyError) as exc:
-        raise Rejected(RejectReason.DECODE_FAILED, f"pixel data cannot be decoded: {exc}") from exc
-    return DicomImage(pixels=to_display(ds, stored), meta=meta)
+        pixels = to_display(header, _first_frame(stored, frames=frames))
+    except Rejected:
+        raise
+    except Exception as exc:  # a malformed LUT: the image cannot be shown as intended
+        raise Rejected(RejectReason.DECODE_FAILED, f"LUT cannot be applied: {exc!s:.300}") from exc
+    return DicomImage(pixels=pixels, meta=meta)
 
 
 def _looks_truncated(exc: Exception) -> bool:

@@ -1,12 +1,43 @@
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
-from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import apply_windowing
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, read_header, to_model_input
+from pulmoscreen.imaging.dicom import MAX_PIXELS
 from tests.factories import make_cxr_dicom
+
+SPEC = PreprocessSpec(size=224)
+LOSSLESS = [
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+]
 
 
 def rg1(name: str) -> Path:
@@ -15,6 +46,39 @@ def rg1(name: str) -> Path:
         return Path(data.get_testdata_file(name))
     except (ValueError, TypeError):
         pytest.skip(f"{name} is not available from pydicom-data")
+
+
+def rewrite(path: Path, **changes) -> Path:
+    """Change attributes of an existing file in place (``None`` deletes one)."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def reason_of(call, path: Path) -> RejectReason:
+    with pytest.raises(Rejected) as info:
+        call(path)
+    return info.value.reason
+
+
+def model_input(path: Path) -> np.ndarray:
+    return to_model_input(read_dicom(path).pixels, SPEC)
+
+
+def first_frame(path: Path) -> bytes:
+    return next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))
+
+
+def replace_frame(path: Path, frame: bytes) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([frame])
+    ds.save_as(path)
+    return path
 
 
 class TestReadHeader:
@@ -35,13 +99,12 @@ class TestReadHeader:
             ({"BodyPartExamined": "HAND"}, RejectReason.NOT_CHEST),
             ({"ViewPosition": "LL"}, RejectReason.NOT_FRONTAL),
             ({"NumberOfFrames": 3}, RejectReason.MULTIFRAME),
+            ({"Rows": 60000, "Columns": 60000}, RejectReason.TOO_LARGE),
         ],
     )
     def test_rejects_with_code(self, tmp_path, tags, reason):
         path = make_cxr_dicom(tmp_path, **tags)
-        with pytest.raises(Rejected) as info:
-            read_header(path)
-        assert info.value.reason == reason
+        assert reason_of(read_header, path) == reason
 
     def test_missing_optional_tags_are_accepted(self, tmp_path):
         path = make_cxr_dicom(tmp_path, BodyPartExamined="", ViewPosition="")
@@ -49,16 +112,122 @@ class TestReadHeader:
 
     def test_too_small(self, tmp_path):
         path = make_cxr_dicom(tmp_path, rows=128, cols=128)
-        with pytest.raises(Rejected) as info:
-            read_header(path)
-        assert info.value.reason == RejectReason.TOO_SMALL
+        assert reason_of(read_header, path) == RejectReason.TOO_SMALL
 
     def test_not_dicom(self, tmp_path):
         path = tmp_path / "x.dcm"
         path.write_text("hello")
+        assert reason_of(read_header, path) == RejectReason.NOT_DICOM
+
+    def test_random_bytes_are_not_dicom(self, tmp_path):
+        path = tmp_path / "noise.dcm"
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+        assert reason_of(read_header, path) == RejectReason.NOT_DICOM
+
+    def test_missing_uid(self, tmp_path):
+        path = rewrite(make_cxr_dicom(tmp_path), StudyInstanceUID=None)
+        assert reason_of(read_header, path) == RejectReason.MISSING_UID
+
+    @pytest.mark.parametrize(
+        "syntax",
+        [
+            "1.2.840.10008.1.2.4.100",  # MPEG2 video
+            "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 multi-component
+            "1.2.3.4.5",  # a private syntax
+        ],
+    )
+    def test_unsupported_transfer_syntax(self, tmp_path, syntax):
+        path = make_cxr_dicom(tmp_path, transfer_syntax=JPEG2000Lossless)
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path)
+        assert reason_of(read_header, path) == RejectReason.UNSUPPORTED_TRANSFER_SYNTAX
+
+
+class TestReadHeaderPixelDataChecks:
+    """Ingest rejects incomplete or lying files from the header, without decoding."""
+
+    @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless])
+    def test_file_cut_in_pixel_data_is_truncated(self, tmp_path, syntax):
+        path = make_cxr_dicom(tmp_path, transfer_syntax=syntax)
+        path.write_bytes(path.read_bytes()[:-1000])
+        assert reason_of(read_header, path) == RejectReason.TRUNCATED
+
+    def test_file_cut_inside_the_header_is_truncated(self, tmp_path):
+        path = make_cxr_dicom(tmp_path)
+        data = path.read_bytes()
+        cut_in_sop_uid = data.index(pydicom.dcmread(path).SOPInstanceUID.encode()) + 10
+        path.write_bytes(data[:cut_in_sop_uid])
+        assert reason_of(read_header, path) == RejectReason.TRUNCATED
+
+    def test_no_pixel_data(self, tmp_path):
+        path = rewrite(make_cxr_dicom(tmp_path), PixelData=None)
+        assert reason_of(read_header, path) == RejectReason.NO_PIXEL_DATA
+
+    def test_empty_pixel_data(self, tmp_path):
+        path = rewrite(make_cxr_dicom(tmp_path), PixelData=b"")
+        assert reason_of(read_header, path) == RejectReason.NO_PIXEL_DATA
+
+    def test_header_larger_than_its_pixel_data(self, tmp_path):
+        path = make_cxr_dicom(tmp_path, rows=512, cols=512, Rows=4000, Columns=4000)
+        assert reason_of(read_header, path) == RejectReason.DECODE_FAILED
+
+    def test_codestream_larger_than_header(self, tmp_path):
+        """A small header over a large JPEG 2000 image: refused before a decoder allocates it."""
+        path = make_cxr_dicom(tmp_path, rows=1024, cols=1024, transfer_syntax=JPEG2000Lossless)
+        rewrite(path, Rows=512, Columns=512)
         with pytest.raises(Rejected) as info:
             read_header(path)
-        assert info.value.reason == RejectReason.NOT_DICOM
+        assert info.value.reason == RejectReason.DECODE_FAILED
+        assert "1024x1024" in info.value.detail
+
+    def test_huge_dimensions_are_refused_without_allocating(self, tmp_path):
+        import tracemalloc
+
+        path = make_cxr_dicom(tmp_path, Rows=65535, Columns=65535)
+        tracemalloc.start()
+        try:
+            assert reason_of(read_dicom, path) == RejectReason.TOO_LARGE
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert MAX_PIXELS < 65535 * 65535
+        assert peak < 20_000_000
+
+    def test_symbolic_link_is_not_followed(self, tmp_path):
+        target = make_cxr_dicom(tmp_path / "outside")
+        link = tmp_path / "link.dcm"
+        link.symlink_to(target)
+        assert reason_of(read_header, link) == RejectReason.UNREADABLE
+
+    def test_fifo_is_refused_without_blocking(self, tmp_path):
+        fifo = tmp_path / "pipe.dcm"
+        import os
+
+        os.mkfifo(fifo)
+        assert reason_of(read_header, fifo) == RejectReason.UNREADABLE
+
+
+class TestBareDataSet:
+    """ACR-NEMA style files: no preamble, no 'DICM', no File Meta."""
+
+    @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
+    def test_read_like_the_same_image_with_file_meta(self, tmp_path, syntax):
+        bare = make_cxr_dicom(tmp_path / "b", seed=8, transfer_syntax=syntax, file_meta=False)
+        assert bare.read_bytes()[128:132] != b"DICM"
+        normal = make_cxr_dicom(tmp_path / "n", seed=8)
+        image = read_dicom(bare)
+        assert image.meta.sop_uid == read_header(normal).sop_uid
+        assert image.meta.transfer_syntax == syntax
+        np.testing.assert_array_equal(image.pixels, read_dicom(normal).pixels)
+
+    def test_bare_data_set_without_image_attributes_is_not_dicom(self, tmp_path):
+        ds = Dataset()
+        ds.StudyDescription = "just text"
+        path = tmp_path / "note.dcm"
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+        assert path.read_bytes()[:2] == b"\x08\x00"
+        assert reason_of(read_header, path) == RejectReason.NOT_DICOM
 
 
 class TestReadDicom:
@@ -75,20 +244,142 @@ class TestReadDicom:
         # the window is narrow: most of the phantom is clipped to black or white
         assert np.mean((pixels == 0) | (pixels == 1)) > 0.5
 
-    @pytest.mark.parametrize("syntax", [RLELossless, ImplicitVRLittleEndian, JPEG2000Lossless])
+    @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+    def test_window_matches_pydicom_reference(self, tmp_path, function):
+        """Same curve as pydicom's apply_windowing (PS3.3 C.11.2.1.2), scaled to 0..1."""
+        path = make_cxr_dicom(
+            tmp_path,
+            bits_stored=12,
+            WindowCenter=1500,
+            WindowWidth=1800,
+            VOILUTFunction=function,
+            RescaleSlope=2,
+            RescaleIntercept=-100,
+        )
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array
+        reference = apply_windowing(stored * 2.0 - 100.0, ds)
+        lo, hi = -100.0, 4095 * 2.0 - 100.0  # pydicom's output range after rescale
+        np.testing.assert_allclose(read_dicom(path).pixels, (reference - lo) / (hi - lo), atol=1e-5)
+
+    def test_first_of_several_windows(self, tmp_path):
+        several = make_cxr_dicom(
+            tmp_path / "a", seed=4, WindowCenter=[1000, 3000], WindowWidth=[400, 100]
+        )
+        single = make_cxr_dicom(tmp_path / "b", seed=4, WindowCenter=1000, WindowWidth=400)
+        np.testing.assert_array_equal(read_dicom(several).pixels, read_dicom(single).pixels)
+
+    def test_unusable_window_falls_back_to_full_range(self, tmp_path):
+        broken = make_cxr_dicom(tmp_path / "a", seed=4, WindowCenter=1000, WindowWidth=0)
+        plain = make_cxr_dicom(tmp_path / "b", seed=4)
+        np.testing.assert_array_equal(read_dicom(broken).pixels, read_dicom(plain).pixels)
+
+    def test_voi_lut_sequence_is_applied_and_preferred_to_the_window(self, tmp_path):
+        lut = np.round(65535 * np.sqrt(np.arange(4096) / 4095)).astype(np.uint16)
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.LUTData = lut.astype("<u2").tobytes()
+        path = make_cxr_dicom(
+            tmp_path,
+            bits_stored=12,
+            VOILUTSequence=Sequence([item]),
+            WindowCenter=10,
+            WindowWidth=5,
+        )
+        stored = pydicom.dcmread(path).pixel_array
+        np.testing.assert_allclose(read_dicom(path).pixels, np.sqrt(stored / 4095), atol=1e-4)
+
+    def test_modality_lut_sequence_comes_before_the_window(self, tmp_path):
+        """A Modality LUT doubling the values displays as a RescaleSlope of 2 does."""
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.LUTData = (2 * np.arange(4096)).astype("<u2").tobytes()
+        item.ModalityLUTType = "US"
+        window = {"WindowCenter": 3000, "WindowWidth": 4000}
+        with_lut = make_cxr_dicom(
+            tmp_path / "a", seed=6, ModalityLUTSequence=Sequence([item]), **window
+        )
+        with_slope = make_cxr_dicom(
+            tmp_path / "b", seed=6, RescaleSlope=2, RescaleIntercept=0, **window
+        )
+        np.testing.assert_allclose(
+            read_dicom(with_lut).pixels, read_dicom(with_slope).pixels, atol=1e-6
+        )
+
+    def test_bits_above_bits_stored_are_ignored(self, tmp_path):
+        """An overlay in the unused high bits must not turn pixels white."""
+        clean = make_cxr_dicom(tmp_path / "a", seed=9, bits_stored=12)
+        ds = pydicom.dcmread(clean)
+        dirty = tmp_path / "dirty.dcm"
+        ds.PixelData = (ds.pixel_array | 0xA000).astype(np.uint16).tobytes()
+        ds.save_as(dirty)
+        np.testing.assert_array_equal(read_dicom(dirty).pixels, read_dicom(clean).pixels)
+
+    @pytest.mark.parametrize("window", [{}, {"WindowCenter": 2000, "WindowWidth": 1500}])
+    def test_signed_pixels_display_like_unsigned(self, tmp_path, window):
+        unsigned = make_cxr_dicom(tmp_path / "u", seed=10, bits_stored=12, **window)
+        signed = make_cxr_dicom(tmp_path / "s", seed=10, bits_stored=12, signed=True, **window)
+        assert pydicom.dcmread(signed).pixel_array.min() < 0
+        np.testing.assert_array_equal(read_dicom(signed).pixels, read_dicom(unsigned).pixels)
+
+    @pytest.mark.parametrize("syntax", LOSSLESS)
     def test_lossless_encodings_give_identical_input(self, tmp_path, syntax):
-        spec = PreprocessSpec(size=224)
-        plain = to_model_input(read_dicom(make_cxr_dicom(tmp_path / "p", seed=3)).pixels, spec)
+        plain = model_input(make_cxr_dicom(tmp_path / "p", seed=3))
         path = make_cxr_dicom(tmp_path / "c", seed=3, transfer_syntax=syntax)
-        assert np.array_equal(to_model_input(read_dicom(path).pixels, spec), plain)
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+        assert np.array_equal(model_input(path), plain)
+
+    @pytest.mark.parametrize(
+        ("syntax", "bits"),
+        [
+            (JPEG2000, 12),
+            (JPEGBaseline8Bit, 8),
+            (JPEGExtended12Bit, 8),
+            (JPEGExtended12Bit, 12),
+            (JPEGLSNearLossless, 12),
+        ],
+    )
+    def test_lossy_encodings_give_nearly_identical_input(self, tmp_path, syntax, bits):
+        plain = model_input(make_cxr_dicom(tmp_path / "p", seed=3, bits_stored=bits))
+        lossy = model_input(
+            make_cxr_dicom(tmp_path / "c", seed=3, bits_stored=bits, transfer_syntax=syntax)
+        )
+        diff = np.abs(lossy - plain)
+        assert diff.mean() < 3.0  # of 255
+        assert np.percentile(diff, 99) < 12.0
 
     def test_truncated_pixel_data(self, tmp_path):
         path = make_cxr_dicom(tmp_path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+        assert reason_of(read_dicom, path) == RejectReason.TRUNCATED
+
+    @pytest.mark.parametrize(
+        "syntax", [JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless]
+    )
+    def test_broken_codestream_is_decode_failed(self, tmp_path, syntax):
+        """A complete file whose compressed image stops halfway."""
+        path = make_cxr_dicom(tmp_path, transfer_syntax=syntax)
+        frame = first_frame(path)
+        replace_frame(path, frame[: len(frame) // 2])
+        read_header(path)  # the header and the layout are fine
+        assert reason_of(read_dicom, path) == RejectReason.DECODE_FAILED
+
+    def test_decoder_crash_costs_one_image(self, tmp_path):
+        """GDCM aborts its process on this JPEG; the image is rejected and decoding goes on."""
+        bad = make_cxr_dicom(tmp_path, seed=1, bits_stored=8, transfer_syntax=JPEGBaseline8Bit)
+        frame = bytearray(first_frame(bad))
+        frame[2] = 0x8E  # the first marker after SOI loses its 0xFF
+        replace_frame(bad, bytes(frame))
         with pytest.raises(Rejected) as info:
-            read_dicom(path)
-        assert info.value.reason == RejectReason.TRUNCATED
+            read_dicom(bad)
+        assert info.value.reason == RejectReason.DECODE_FAILED
+        good = make_cxr_dicom(tmp_path, seed=2, transfer_syntax=JPEG2000Lossless, filename="ok.dcm")
+        assert read_dicom(good).pixels.shape == (512, 512)
+
+    def test_validate_false_reads_any_image(self, tmp_path):
+        path = make_cxr_dicom(tmp_path, rows=128, cols=96, Modality="MR", NumberOfFrames=1)
+        assert read_dicom(path, validate=False).pixels.shape == (128, 96)
 
 
 class TestRealChestCR:
@@ -107,3 +398,19 @@ class TestRealChestCR:
         plain = to_model_input(read_dicom(rg1("RG1_UNCR.dcm")).pixels, spec)
         j2k = to_model_input(read_dicom(rg1("RG1_J2KR.dcm")).pixels, spec)
         assert np.array_equal(plain, j2k)
+
+    def test_jpeg2000_lossy_is_within_one_grey_level(self):
+        """RG1_J2KI against RG1_UNCI (its own decompressed copy) and the original RG1_UNCR.
+
+        Measured on the 224 px model input (0..255): identical to UNCI; against UNCR at most
+        0.47, mean 0.09. The tolerance: at most 1 grey level anywhere.
+        """
+        spec = PreprocessSpec()
+        lossy = to_model_input(read_dicom(rg1("RG1_J2KI.dcm")).pixels, spec)
+        for reference in ("RG1_UNCI.dcm", "RG1_UNCR.dcm"):
+            expected = to_model_input(read_dicom(rg1(reference)).pixels, spec)
+            assert np.abs(lossy - expected).max() <= 1.0, reference
+
+    @pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG3_J2KI.dcm"])
+    def test_extremity_cr_is_not_chest(self, name):
+        assert reason_of(read_header, rg1(name)) == RejectReason.NOT_CHEST

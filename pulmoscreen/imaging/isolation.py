@@ -1,0 +1,170 @@
+"""Decode compressed pixel data in a helper process, so a decoder's crash costs one image.
+
+The JPEG, JPEG-LS, JPEG 2000 and RLE decoders are C, C++ and Rust libraries. On malformed data
+some do not raise a Python exception: GDCM's JPEG codec calls ``std::terminate`` (the process
+aborts), and a Rust panic surfaces as a ``BaseException`` that skips pydicom's fallbacks. So
+every encapsulated image is decoded by a long-lived helper process (:func:`serve`): when it dies
+or hangs, that image is rejected (``decode_failed``), the helper is restarted for the next one,
+and the worker goes on.
+
+The channel is a pair of pipes carrying length-prefixed pickles between this process and its own
+helper: a file path in, ``(True, stored pixel array)`` or ``(False, error text)`` out.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+DECODE_TIMEOUT_S = 120.0
+_HEADER = struct.Struct("<Q")
+
+
+class DecoderError(RuntimeError):
+    """The pixel data could not be decoded; ``crashed`` when the decoder took its process down."""
+
+    def __init__(self, message: str, *, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.crashed = crashed
+
+
+def _send(stream: IO[bytes], obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError("channel closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(stream: IO[bytes]) -> Any:
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return pickle.loads(_read_exact(stream, size))
+
+
+class _Helper:
+    """One helper process per parent process, started on first use, restarted after a death."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = 0
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is None or proc.poll() is not None or self._owner_pid != os.getpid():
+            # After a fork the inherited handle belongs to the parent: start our own helper.
+            proc = subprocess.Popen(
+                [sys.executable, "-c", f"from {__name__} import serve; serve()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+            )
+            self._proc, self._owner_pid = proc, os.getpid()
+        return proc
+
+    def stop(self, *, grace_s: float = 0.0) -> None:
+        """End the helper: wait up to ``grace_s`` for it to exit by itself, then kill it."""
+        proc, self._proc = self._proc, None
+        if proc is None or self._owner_pid != os.getpid():
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def decode(self, path: Path, *, timeout: float) -> NDArray[Any]:
+        with self._lock:
+            proc = self._ensure()
+            try:
+                ok, payload = self._ask(proc, str(path), timeout=timeout)
+            except (EOFError, OSError, pickle.UnpicklingError) as exc:
+                self.stop(grace_s=5.0)
+                raise DecoderError(f"decoder process died ({_how(proc)})", crashed=True) from exc
+        if not ok:
+            raise DecoderError(str(payload))
+        return np.asarray(payload)
+
+    def _ask(self, proc: subprocess.Popen[bytes], path: str, *, timeout: float) -> Any:
+        stdin, stdout = proc.stdin, proc.stdout
+        if stdin is None or stdout is None:
+            raise OSError("helper pipes are closed")
+        _send(stdin, path)
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        if not ready:
+            self.stop()
+            raise DecoderError(f"decoder did not finish within {timeout:.0f}s", crashed=True)
+        return _recv(stdout)
+
+
+def _how(proc: subprocess.Popen[bytes]) -> str:
+    code = proc.poll()
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+_helper = _Helper()
+atexit.register(_helper.stop)
+
+
+def decode_isolated(path: Path, *, timeout: float = DECODE_TIMEOUT_S) -> NDArray[Any]:
+    """Stored pixel values of ``path`` (all frames), decoded in the helper process.
+
+    Raises:
+        DecoderError: no decoder could decode the data, or the decoder crashed or hung.
+    """
+    return _helper.decode(path, timeout=timeout)
+
+
+def _decode_file(path: str) -> NDArray[Any]:
+    import pydicom
+
+    from pulmoscreen.imaging.codecs import register_decoders
+
+    register_decoders()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        ds = pydicom.dcmread(fh, force=True)
+    return np.asarray(ds.pixel_array)
+
+
+def serve() -> None:
+    """The helper's loop: path in, pixels (or the error's text) out, until the pipe closes."""
+    channel_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a library that prints must not write into the channel
+    channel_in = sys.stdin.buffer
+    while True:
+        try:
+            path = _recv(channel_in)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, object] = (True, _decode_file(path))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust decoder's panic is a BaseException: report it too
+            reply = (False, f"{type(exc).__name__}: {exc!s:.500}")
+        _send(channel_out, reply)
