@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import time
 from functools import cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,43 @@ class Settings(BaseSettings):
         900, description="Seconds before Redis redelivers a message a dead worker held."
     )
     max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
+
+    site_timezone: str = Field(
+        "UTC", description="IANA time zone of the site; a report's day is a local calendar day."
+    )
+    report_dir: Path = Field(
+        Path("var/reports"), description="Nightly reports go to report_dir/YYYY-MM-DD/."
+    )
+    report_time: str = Field(
+        "02:00", description="Local time (HH:MM) at which the nightly report job runs."
+    )
+    image_url_template: str = Field(
+        "",
+        description="Link to an image in reports, e.g. a PACS viewer URL with {study_uid}, "
+        "{sop_uid} or {stored_path}; empty: a file:// link to the stored DICOM.",
+    )
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("report_time")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        try:
+            time.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"report_time must be HH:MM, not {value!r}") from exc
+        return value
+
+    def report_clock(self) -> time:
+        """The local time of day at which the nightly report runs."""
+        return time.fromisoformat(self.report_time)
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""

@@ -69,7 +69,9 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     reject_reason: Mapped[str | None] = mapped_column(String(32), index=True)
     reject_detail: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -110,3 +112,37 @@ class PredictionRow(Base):
     flagged: Mapped[bool] = mapped_column(Boolean, index=True)
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReportRow(Base):
+    """One nightly report per local day: where its files are and the totals it showed."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_date: Mapped[date] = mapped_column(Date, unique=True)
+    site_timezone: Mapped[str] = mapped_column(String(64))
+    generated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    out_dir: Mapped[str] = mapped_column(Text)
+    html_path: Mapped[str] = mapped_column(Text)
+    pdf_path: Mapped[str] = mapped_column(Text)
+    csv_path: Mapped[str] = mapped_column(Text)
+    files_received: Mapped[int] = mapped_column(Integer)
+    studies_received: Mapped[int] = mapped_column(Integer)
+    screened: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    pending: Mapped[int] = mapped_column(Integer)
+    flagged: Mapped[int] = mapped_column(Integer)
+    model_versions: Mapped[list[str]] = mapped_column(JSON)
+
+
+class SiteSettingsRow(Base):
+    """The site's time zone, one row; the SQL views use it to put each file on a local day."""
+
+    __tablename__ = "site_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    utc_offset_minutes: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,129 @@
+"""Queries behind the nightly report: files received in a time window, report rows, site zone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from pulmoscreen.db.schema import (
+    Image,
+    ModelRow,
+    PredictionRow,
+    ReportRow,
+    SiteSettingsRow,
+    Study,
+    utcnow,
+)
+
+#: Columns of :func:`received_files`, in order.
+RECEIVED_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "received_at",
+    "status",
+    "reject_reason",
+    "source_path",
+    "stored_path",
+    "sop_uid",
+    "study_uid",
+    "patient_id",
+    "accession",
+    "study_date",
+    "predicted_label",
+    "p_normal",
+    "p_pneumonia",
+    "p_tuberculosis",
+    "abnormality_score",
+    "flagged",
+    "screened_at",
+    "model_version",
+    "model_trained",
+    "thresholds",
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("report windows need time-zone-aware datetimes")
+    return moment.astimezone(UTC)
+
+
+def received_files(session: Session, *, start: datetime, end: datetime) -> list[tuple[Any, ...]]:
+    """Every file received in ``[start, end)`` with its study and latest prediction.
+
+    Rows follow :data:`RECEIVED_COLUMNS`; files rejected at ingest have no study and no result.
+    """
+    latest = (
+        select(func.max(PredictionRow.id))
+        .where(PredictionRow.image_id == Image.id)
+        .correlate(Image)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            Image.id,
+            Image.created_at,
+            Image.status,
+            Image.reject_reason,
+            Image.source_path,
+            Image.stored_path,
+            Image.sop_uid,
+            Study.study_uid,
+            Study.patient_id,
+            Study.accession,
+            Study.study_date,
+            PredictionRow.predicted_label,
+            PredictionRow.p_normal,
+            PredictionRow.p_pneumonia,
+            PredictionRow.p_tuberculosis,
+            PredictionRow.abnormality_score,
+            PredictionRow.flagged,
+            PredictionRow.created_at,
+            ModelRow.version,
+            ModelRow.trained,
+            ModelRow.thresholds,
+        )
+        .outerjoin(Study, Study.id == Image.study_id)
+        .outerjoin(PredictionRow, PredictionRow.id == latest)
+        .outerjoin(ModelRow, ModelRow.id == PredictionRow.model_id)
+        .where(Image.created_at >= _utc(start), Image.created_at < _utc(end))
+        .order_by(Image.id)
+    )
+    return [tuple(row) for row in session.execute(stmt)]
+
+
+def save_report(session: Session, values: dict[str, Any]) -> int:
+    """Insert or replace the report row of ``values["report_date"]``; returns its id."""
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ReportRow)
+    updates = {k: v for k, v in values.items() if k != "report_date"}
+    stmt = insert.values(**values).on_conflict_do_update(
+        index_elements=["report_date"], set_=updates
+    )
+    session.execute(stmt)
+    return int(
+        session.scalars(
+            select(ReportRow.id).where(ReportRow.report_date == values["report_date"])
+        ).one()
+    )
+
+
+def report_rows(session: Session) -> Sequence[ReportRow]:
+    """Every stored report, oldest day first."""
+    return session.scalars(select(ReportRow).order_by(ReportRow.report_date)).all()
+
+
+def set_site_timezone(session: Session, tz_name: str, *, now: datetime | None = None) -> None:
+    """Record the site's time zone for the SQL views (and its current offset, for SQLite)."""
+    offset = (now or utcnow()).astimezone(ZoneInfo(tz_name)).utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    row = session.get(SiteSettingsRow, 1)
+    if row is None:
+        session.add(SiteSettingsRow(id=1, timezone=tz_name, utc_offset_minutes=minutes))
+    elif (row.timezone, row.utc_offset_minutes) != (tz_name, minutes):
+        row.timezone, row.utc_offset_minutes, row.updated_at = tz_name, minutes, utcnow()
