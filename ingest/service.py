@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +38,26 @@ class IngestOutcome:
     image_id: int
     status: str
     reason: str | None = None
+
+
+def display_path(path: Path) -> str:
+    """``path`` as valid text: bytes that are not UTF-8 in a name become ``\\xNN`` escapes.
+
+    Names are stored in SQL and sidecars, which hold text; a name with such bytes must neither
+    stop ingest nor lose the file.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_file_type(path: Path) -> None:
+    """Only non-empty regular files are read; links are never followed (they may lead outside)."""
+    mode = path.lstat()
+    if stat.S_ISLNK(mode.st_mode):
+        raise Rejected(RejectReason.UNREADABLE, "symbolic links are not followed")
+    if not stat.S_ISREG(mode.st_mode):
+        raise Rejected(RejectReason.UNREADABLE, "not a regular file")
+    if mode.st_size == 0:
+        raise Rejected(RejectReason.TRUNCATED, "empty file")
 
 
 def sha256_of(path: Path) -> str:
@@ -86,21 +108,21 @@ class Ingestor:
 
     def ingest_file(self, path: Path) -> IngestOutcome | None:
         """Queue or quarantine one file; never raises for a bad file."""
-        source = str(path.relative_to(self.root))
+        source = display_path(path.relative_to(self.root))
         try:
-            if path.is_symlink():
-                raise Rejected(RejectReason.UNREADABLE, "symbolic links are not followed")
-            if path.stat().st_size == 0:
-                raise Rejected(RejectReason.TRUNCATED, "empty file")
-            meta = read_header(path)
+            try:
+                check_file_type(path)
+                meta = read_header(path)
+            except Rejected as exc:
+                return self._quarantine(path, source, exc.reason, exc.detail, meta=None)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                return self._quarantine(path, source, RejectReason.UNREADABLE, str(exc), meta=None)
             return self._accept(path, meta, source)
-        except Rejected as exc:
-            return self._quarantine(path, source, exc.reason, exc.detail, meta=None)
         except FileNotFoundError:
-            log.info("file vanished before it could be read")
+            log.info("a file vanished while it was being ingested")
             return None
-        except OSError as exc:
-            return self._quarantine(path, source, RejectReason.UNREADABLE, str(exc), meta=None)
 
     def _accept(self, path: Path, meta: DicomMeta, source: str) -> IngestOutcome:
         sha = sha256_of(path)

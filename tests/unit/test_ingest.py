@@ -143,3 +143,94 @@ class TestCandidates:
         (drop / "dir.dcm").mkdir()
         found = [p.relative_to(drop).as_posix() for p in iter_candidates(drop)]
         assert found == ["P/S/SE/IM0"]
+
+
+def tree(folder):
+    """Every path under ``folder`` (as bytes, so any name compares)."""
+    return sorted(os.fsencode(p) for p in folder.rglob("*"))
+
+
+def only_drop_folder_and_database(tmp_path):
+    return {p.name for p in tmp_path.iterdir() if not p.name.startswith("pulmo.db")} == {"inbox"}
+
+
+class TestUntrustedNames:
+    """Whatever a file is called, it ends queued or quarantined, and only inside the drop folder."""
+
+    def test_unicode_and_spaces(self, drop, ingestor, sent):
+        make_cxr_dicom(drop / "PATIENT Ä Ö" / "STUDY 1", seed=20, filename="Ünïcødé 患者 01.dcm")
+        (drop / "résumé notes.dcm").write_text("not an image")
+        outcomes = {o.status: o for o in ingestor.scan_once()}
+        assert set(outcomes) == {"queued", "rejected"}
+        by_status = {r.status: r for r in rows(ingestor)}
+        assert by_status["queued"].source_path == "PATIENT Ä Ö/STUDY 1/Ünïcødé 患者 01.dcm"
+        [sidecar] = (drop / "quarantine").glob("*.reason.json")
+        assert json.loads(sidecar.read_text())["source"] == "résumé notes.dcm"
+        assert len(sent) == 1
+
+    def test_name_that_is_not_utf8(self, drop, ingestor, sent):
+        good = make_cxr_dicom(drop, seed=21, filename="tmp.dcm")
+        odd = os.path.join(os.fsencode(drop), b"scan \xff\xfe.dcm")
+        os.rename(good, odd)
+        [outcome] = ingestor.scan_once()
+        assert outcome.status == "queued"
+        assert rows(ingestor)[0].source_path == "scan \\xff\\xfe.dcm"
+        assert not os.path.exists(odd)
+
+    def test_separators_and_dots_in_a_name_stay_in_quarantine(self, drop, ingestor, tmp_path):
+        (drop / "evil\\..\\..\\x.dcm").write_text("junk")
+        (drop / "x .. ~1.dcm").write_text("junk")
+        outcomes = ingestor.scan_once()
+        assert [o.reason for o in outcomes] == ["not_dicom", "not_dicom"]
+        quarantined = [p for p in (drop / "quarantine").iterdir() if p.suffix != ".json"]
+        assert len(quarantined) == 2
+        assert only_drop_folder_and_database(tmp_path)
+
+    def test_header_uids_cannot_place_files_outside(self, drop, ingestor, tmp_path):
+        make_cxr_dicom(drop, seed=22, SOPInstanceUID="../../../escape", StudyInstanceUID="../..")
+        [outcome] = ingestor.scan_once()
+        assert outcome.status == "queued"
+        [row] = rows(ingestor)
+        assert os.path.dirname(os.path.dirname(row.stored_path)) == str(drop / "processed")
+        assert only_drop_folder_and_database(tmp_path)
+
+
+class TestUntrustedFiles:
+    def test_folders_named_like_files(self, drop, ingestor):
+        make_cxr_dicom(drop / "series.dcm", seed=23, filename="IM1")
+        make_cxr_dicom(drop / ".dcm", seed=24, filename="IM2")  # hidden: ignored
+        [outcome] = ingestor.scan_once()
+        assert outcome.status == "queued"
+        assert rows(ingestor)[0].source_path == "series.dcm/IM1"
+        assert (drop / ".dcm" / "IM2").exists()
+
+    def test_zero_byte_and_cut_files_are_truncated_at_ingest(self, drop, ingestor, sent):
+        (drop / "P" / "S").mkdir(parents=True)
+        (drop / "P" / "S" / "zero").write_bytes(b"")
+        cut = make_cxr_dicom(drop, seed=25, filename="cut.dcm")
+        cut.write_bytes(cut.read_bytes()[:-100])
+        assert [o.reason for o in ingestor.scan_once()] == ["truncated", "truncated"]
+        assert sent == []  # neither reached the worker
+
+    def test_header_that_lies_about_its_size(self, drop, ingestor, sent):
+        make_cxr_dicom(drop, seed=26, filename="huge.dcm", Rows=65535, Columns=65535)
+        make_cxr_dicom(drop, seed=27, filename="big.dcm", Rows=3000, Columns=3000)
+        reasons = sorted(o.reason for o in ingestor.scan_once())
+        assert reasons == ["decode_failed", "too_large"]
+        assert sent == []
+
+    def test_fifo_is_quarantined_not_read(self, drop, ingestor):
+        os.mkfifo(drop / "pipe.dcm")
+        [outcome] = ingestor.scan_once()  # would block forever if the pipe were opened for reading
+        assert outcome.reason == "unreadable"
+        assert not (drop / "pipe.dcm").exists()
+
+    def test_linked_folder_is_not_entered(self, drop, ingestor, tmp_path, sent):
+        outside = tmp_path / "outside"
+        make_cxr_dicom(outside, seed=28, filename="IM1")
+        (drop / "linked").symlink_to(outside, target_is_directory=True)
+        before = tree(outside)
+        [outcome] = ingestor.scan_once()
+        assert outcome.reason == "unreadable"
+        assert sent == []
+        assert tree(outside) == before
