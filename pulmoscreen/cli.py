@@ -149,6 +149,47 @@ def screen(
     raise typer.Exit(run_screen(get_settings(), folder, local_worker=local_worker, timeout=timeout))
 
 
+def write_preview(settings: Settings, file: Path, out: Path) -> int:
+    """Write FILE's model input as an 8-bit PNG through the worker's own code; exit code."""
+    import cv2
+    import numpy as np
+
+    from worker.inference import prepare_inputs, served_preprocess_spec
+
+    spec = served_preprocess_spec(settings.resolved_model_path())
+    ids, batch, failures = prepare_inputs({0: file}, spec)
+    if not ids:
+        [(_, reason, detail)] = failures
+        console.print(f"[red]rejected: {reason.value}[/red]: {detail}", soft_wrap=True)
+        return 2
+    grey_u8 = np.clip(np.rint(batch[0, :, :, 0]), 0, 255).astype(np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), grey_u8):
+        console.print(f"[red]cannot write {out}[/red]")
+        return 1
+    console.print(
+        f"model input ({spec.size}x{spec.size}, {spec.channels} equal channels, "
+        f"0..255 rounded to 8 bits) written to {out}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return 0
+
+
+@app.command()
+def preview(
+    file: Annotated[Path, typer.Argument(help="A DICOM file.", exists=True, dir_okay=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="PNG to write (default: ./<FILE name>.png)."),
+    ] = None,
+) -> None:
+    """Write the exact model input for FILE (after every LUT, inversion, resize) as a PNG."""
+    _setup_logging(False)
+    target = out if out is not None else Path(f"{file.name}.png")
+    raise typer.Exit(write_preview(get_settings(), file, target))
+
+
 @app.command()
 def ingest(
     folder: Annotated[Path | None, typer.Argument(help="Drop folder (default: settings).")] = None,

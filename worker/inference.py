@@ -13,7 +13,14 @@ from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
-from pulmoscreen.model import LoadedModel, load_screening_model, predict_batch, score_probabilities
+from pulmoscreen.model import (
+    LoadedModel,
+    ModelCard,
+    card_path_for,
+    load_screening_model,
+    predict_batch,
+    score_probabilities,
+)
 from pulmoscreen.storage import quarantine_file
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,14 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
     log.info("batch of %d images predicted (%d new) by %s", len(ids), new, loaded.card.version)
 
 
+def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
+    """The input recipe the worker serves ``model_path`` with: its card's, or the default one
+    of the untrained stand-in when there is no model. Reads the card only, not the weights."""
+    if model_path is None:
+        return PreprocessSpec()
+    return ModelCard.load(card_path_for(model_path)).preprocess
+
+
 def prepare_inputs(
     paths: dict[int, Path], spec: PreprocessSpec
 ) -> tuple[list[int], NDArray[np.float32], list[tuple[int, RejectReason, str]]]:
@@ -70,6 +85,11 @@ def prepare_inputs(
             failures.append((image_id, exc.reason, exc.detail))
         except FileNotFoundError:
             failures.append((image_id, RejectReason.UNREADABLE, "file missing"))
+        except OSError as exc:
+            failures.append((image_id, RejectReason.UNREADABLE, f"file cannot be read: {exc}"))
+        except Exception as exc:  # one bad image must not fail the whole batch
+            log.exception("image %d: unexpected error while preparing its input", image_id)
+            failures.append((image_id, RejectReason.DECODE_FAILED, f"{type(exc).__name__}: {exc}"))
     batch = np.stack(inputs) if inputs else np.empty((0, spec.size, spec.size, spec.channels))
     return ids, batch.astype(np.float32, copy=False), failures
 
