@@ -30,7 +30,12 @@ def make_celery(settings: Settings, *, name: str = "pulmoscreen") -> Celery:
         worker_prefetch_multiplier=settings.batch_size,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages a dead worker held often enough to honour the timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 3)),
+            "unacked_restore_throttle": 1,
+        },
         task_serializer="json",
         accept_content=["json"],
     )
@@ -50,3 +55,21 @@ def enqueue_images(app: Celery, image_ids: Iterable[int], *, attempt: int = 0) -
             )
             sent += 1
     return sent
+
+
+def make_service_celery(
+    settings: Settings, *, name: str, queue: str, tasks: Iterable[str]
+) -> Celery:
+    """A Celery app like :func:`make_celery` whose tasks all go to one queue of its own.
+
+    Used by services other than inference (for example the nightly report), so that a worker
+    started with ``-Q <queue>`` serves them and never takes an inference message.
+    """
+    app = make_celery(settings, name=name)
+    app.conf.update(
+        task_queues=[Queue(queue)],
+        task_default_queue=queue,
+        task_routes={task: {"queue": queue} for task in tasks},
+        worker_prefetch_multiplier=1,
+    )
+    return app

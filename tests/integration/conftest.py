@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,13 +58,21 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, what: str, logs: Sequence[Path] = ()
+) -> None:
+    """Poll ``predicate``; on time-out fail with the tail of each log in ``logs``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    tails = "".join(
+        f"\n--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        for log in logs
+        if log.exists()
+    )
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{tails}")
 
 
 def pulmo_env(**overrides: str) -> dict[str, str]:
@@ -84,3 +92,46 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
         timeout=600,
         check=False,
     )
+
+
+CELERY = str(Path(sys.executable).parent / "celery")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_worker_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A real ``celery -A worker worker`` process, as ``docker compose --scale`` would start."""
+    return subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "worker",
+            "worker",
+            "-Q",
+            "inference",
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,49 +1,21 @@
 """Two `celery -A worker` processes on one Redis queue share the work; no image twice."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select
 
 from ingest import Ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, PredictionRow, session_factory
-from pulmoscreen.queue import INFERENCE_QUEUE, enqueue_images, make_celery
+from pulmoscreen.queue import enqueue_images, make_celery
 from tests.factories import make_cxr_dicom
-from tests.integration.conftest import pulmo_env, wait_until
+from tests.integration.conftest import (
+    pulmo_env,
+    start_worker_process,
+    stop_processes,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
-CELERY = str(Path(sys.executable).parent / "celery")
-
-
-def start_worker_process(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            CELERY,
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            INFERENCE_QUEUE,
-            "-P",
-            "solo",
-            "-c",
-            "1",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 class TestTwoWorkers:
@@ -62,7 +34,7 @@ class TestTwoWorkers:
         workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2)]
         try:
             wait_until(
-                lambda: len(app.control.ping(timeout=1.0)) == 2, timeout=120, what="2 workers"
+                lambda: len(app.control.ping(timeout=1.0)) == 2, timeout=180, what="2 workers"
             )
             drop = tmp_path / "inbox"
             for seed in range(60):
@@ -81,12 +53,14 @@ class TestTwoWorkers:
                     stmt = select(func.count()).select_from(Image).where(Image.status == "queued")
                     return session.scalar(stmt) == 0
 
-            wait_until(all_done, timeout=180, what="60 predictions")
+            wait_until(
+                all_done,
+                timeout=300,
+                what="60 predictions",
+                logs=[tmp_path / "w1.log", tmp_path / "w2.log"],
+            )
         finally:
-            for proc in workers:
-                proc.terminate()
-            for proc in workers:
-                proc.wait(timeout=60)
+            stop_processes(workers)
         with sessions() as session:
             per_image = session.execute(
                 select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)

@@ -1,0 +1,97 @@
+"""Three worker processes (as `docker compose up --scale worker=3` starts) on the real Redis and
+PostgreSQL: 300 studies, every one predicted exactly once, even when a worker is killed."""
+
+import signal
+
+import pytest
+from sqlalchemy import func, select
+
+from ingest import Ingestor
+from pulmoscreen.config import Settings
+from pulmoscreen.db import Image, PredictionRow, session_factory
+from pulmoscreen.queue import enqueue_images, make_celery
+from tests.factories import make_cxr_dicom
+from tests.integration.conftest import (
+    pulmo_env,
+    start_worker_process,
+    stop_processes,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+N_STUDIES = 300
+
+
+def counts(sessions):
+    with sessions() as session:
+        queued = session.scalar(
+            select(func.count()).select_from(Image).where(Image.status == "queued")
+        )
+        per_image = session.execute(
+            select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+        ).all()
+        by_worker = dict(
+            session.execute(
+                select(PredictionRow.worker, func.count()).group_by(PredictionRow.worker)
+            ).all()
+        )
+    return queued, per_image, by_worker
+
+
+class TestThreeWorkers:
+    def test_300_studies_one_worker_killed_mid_run(
+        self, pg_url, redis_url, tiny_model_path, tmp_path
+    ):
+        env = pulmo_env(
+            PULMO_DATABASE_URL=pg_url,
+            PULMO_BROKER_URL=redis_url,
+            PULMO_MODEL_PATH=str(tiny_model_path),
+            PULMO_BATCH_SIZE="8",
+            PULMO_FLUSH_INTERVAL="0.5",
+            PULMO_VISIBILITY_TIMEOUT="20",
+        )
+        settings = Settings(
+            database_url=pg_url,
+            broker_url=redis_url,
+            model_path=tiny_model_path,
+            batch_size=8,
+            visibility_timeout=20,
+        )
+        app = make_celery(settings)
+        drop = tmp_path / "inbox"
+        for seed in range(N_STUDIES):  # one image per study
+            make_cxr_dicom(drop, seed=10_000 + seed, rows=256, cols=256)
+        workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2, 3)]
+        sessions = session_factory(pg_url)
+        try:
+            wait_until(
+                lambda: len(app.control.ping(timeout=1.0)) == 3, timeout=180, what="3 workers"
+            )
+            ingestor = Ingestor(
+                drop,
+                sessions=sessions,
+                stable_seconds=0,
+                enqueue=lambda ids: enqueue_images(app, ids),
+            )
+            assert len(ingestor.scan_once()) == N_STUDIES
+
+            def all_took_part() -> bool:
+                return len(counts(sessions)[2]) == 3
+
+            wait_until(all_took_part, timeout=180, what="every worker's first batch")
+            victim = workers[1]
+            victim.send_signal(signal.SIGKILL)  # no warm shutdown: its held messages are lost
+            victim.wait(timeout=30)
+            wait_until(
+                lambda: counts(sessions)[0] == 0,
+                timeout=400,
+                what="300 predictions",
+                logs=[tmp_path / f"w{i}.log" for i in (1, 2, 3)],
+            )
+        finally:
+            stop_processes(workers)
+        queued, per_image, by_worker = counts(sessions)
+        assert queued == 0
+        assert len(per_image) == N_STUDIES
+        assert {n for _, n in per_image} == {1}
+        assert len(by_worker) == 3, by_worker
