@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration services bench clean
+.PHONY: install demo test lint unit integration services chromium bench bench-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 services:
 	bash scripts/ensure-services.sh
 
+# The report tests render the HTML summary in headless Chromium (Debian package).
+chromium:
+	bash scripts/ensure-chromium.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -28,14 +32,17 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-integration: install services
+integration: install services chromium
 	$(BIN)/pytest tests/integration
 
-test: install services lint
+test: install services chromium lint
 	$(BIN)/pytest
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+
+bench-report: install
+	$(BIN)/python -m benchmarks.report_speed
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -233,8 +235,56 @@ def migrate() -> None:
     """Create or upgrade the database schema (``alembic upgrade head``)."""
     from pulmoscreen.db import upgrade_database
 
-    upgrade_database(get_settings().resolved_database_url())
+    settings = get_settings()
+    upgrade_database(settings.resolved_database_url())
+    _record_site_timezone(settings)
     console.print("database schema is up to date")
+
+
+def _record_site_timezone(settings: Settings) -> None:
+    """Keep the SQL views' time zone (table site_settings) equal to PULMO_SITE_TIMEZONE."""
+    from pulmoscreen.db import session_factory
+    from pulmoscreen.db.reports import set_site_timezone
+
+    with session_factory(settings.resolved_database_url()).begin() as session:
+        set_site_timezone(session, settings.site_timezone)
+
+
+def write_report(settings: Settings, *, day: date | None, out: Path | None) -> Path:
+    """Write the report of local ``day`` (default: yesterday), print its totals and path."""
+    from pulmoscreen.db import upgrade_database
+    from reporting.service import default_report_day, run_report
+
+    upgrade_database(settings.resolved_database_url())
+    files = run_report(settings, day=day or default_report_day(settings), out_dir=out)
+    s = files.summary
+    console.print(
+        f"report for {files.day} ({settings.site_timezone}): {s.files_received} files received, "
+        f"{s.screened} screened, {s.rejected} rejected, {s.pending} pending, "
+        f"{s.flagged} flagged; written in {files.duration_seconds:.1f}s"
+    )
+    console.print(f"report: {files.html}", soft_wrap=True, highlight=False)
+    return files.html
+
+
+@app.command()
+def report(
+    day: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=["%Y-%m-%d"],
+            help="Local day to report (default: yesterday in PULMO_SITE_TIMEZONE).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: PULMO_REPORT_DIR/YYYY-MM-DD).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write a day's screening summary: summary.html, summary.pdf and flagged.csv."""
+    _setup_logging(verbose)
+    write_report(get_settings(), day=day.date() if day else None, out=out)
 
 
 @app.command()
@@ -257,7 +307,11 @@ def demo(
     if not settings.database_url:
         settings = settings.model_copy(update={"data_dir": folder})
     console.print(f"database: {settings.resolved_database_url().split('@')[-1]}")
-    raise typer.Exit(run_screen(settings, inbox, local_worker=True, timeout=1800.0))
+    code = run_screen(settings, inbox, local_worker=True, timeout=1800.0)
+    # The demo's files were received just now: report on today, local time.
+    today = datetime.now(ZoneInfo(settings.site_timezone)).date()
+    write_report(settings, day=today, out=folder / "reports" / today.isoformat())
+    raise typer.Exit(code)
 
 
 @app.command()
