@@ -7,7 +7,8 @@ chest files lack BodyPartExamined or ViewPosition):
   with the 128-byte preamble and File Meta, or as a bare data set without them (ACR-NEMA
   style) when it starts with a group 0002 or 0008 element and holds image attributes
   (``not_dicom``); a header that ends early is ``truncated``;
-- it must carry SOPInstanceUID and StudyInstanceUID (``missing_uid``);
+- it must carry SOPInstanceUID and StudyInstanceUID of at most 64 characters (``missing_uid``);
+  other texts longer than the standard allows are cut (see ``MAX_CHARS``), never rejected;
 - (0008,0060) Modality, when present, must be CR, DX or DR (``wrong_modality``);
 - (0018,0015) BodyPartExamined, when present and not empty, must name the chest (``not_chest``);
 - (0018,5101) ViewPosition, when present, must not be lateral or oblique (``not_frontal``);
@@ -68,6 +69,17 @@ NON_FRONTAL_VIEWS = frozenset(
 MIN_SIDE = 256
 # 8192 x 8192: above any radiography detector (a 35 x 43 cm plate read at 50 um is 7000 x 8600).
 MAX_PIXELS = 8192 * 8192
+# Values longer than the standard allows are cut (PS3.5 Table 6.2-1: UI and LO 64, CS 16);
+# sites often overrun AccessionNumber (SH) and BodyPartExamined, so those keep 64. A UID that
+# is too long is not cut but rejected: a cut UID would name another instance.
+MAX_UID_CHARS = 64
+MAX_CHARS = {
+    "PatientID": 64,
+    "AccessionNumber": 64,
+    "Modality": 16,
+    "BodyPartExamined": 64,
+    "ViewPosition": 16,
+}
 # Attributes a bare (ACR-NEMA style) data set must hold to count as an image header.
 _BARE_IMAGE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Rows")
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -186,23 +198,36 @@ def _read_dataset(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
+def _uid(ds: Dataset, keyword: str, *, required: bool) -> str:
+    uid = _text(ds, keyword) or ""
+    if required and not uid:
+        raise Rejected(RejectReason.MISSING_UID, f"{keyword} is absent")
+    if required and len(uid) > MAX_UID_CHARS:
+        raise Rejected(RejectReason.MISSING_UID, f"{keyword} is longer than a UID may be")
+    return uid[:MAX_UID_CHARS]
+
+
+def _code(ds: Dataset, keyword: str) -> str | None:
+    """A code string (CS), upper case, cut to its longest allowed length."""
+    return (_text(ds, keyword) or "").upper()[: MAX_CHARS[keyword]] or None
+
+
 def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
-    sop_uid, study_uid = _text(ds, "SOPInstanceUID"), _text(ds, "StudyInstanceUID")
-    if require_uids and (not sop_uid or not study_uid):
-        raise Rejected(RejectReason.MISSING_UID, "SOPInstanceUID or StudyInstanceUID is absent")
+    sop_uid = _uid(ds, "SOPInstanceUID", required=require_uids)
+    study_uid = _uid(ds, "StudyInstanceUID", required=require_uids)
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     return DicomMeta(
-        sop_uid=sop_uid or "",
-        study_uid=study_uid or "",
-        patient_id=_text(ds, "PatientID"),
-        accession=_text(ds, "AccessionNumber"),
+        sop_uid=sop_uid,
+        study_uid=study_uid,
+        patient_id=(_text(ds, "PatientID") or "")[: MAX_CHARS["PatientID"]] or None,
+        accession=(_text(ds, "AccessionNumber") or "")[: MAX_CHARS["AccessionNumber"]] or None,
         study_date=_study_date(ds),
-        modality=(_text(ds, "Modality") or "").upper() or None,
-        body_part=(_text(ds, "BodyPartExamined") or "").upper() or None,
-        view_position=(_text(ds, "ViewPosition") or "").upper() or None,
+        modality=_code(ds, "Modality"),
+        body_part=_code(ds, "BodyPartExamined"),
+        view_position=_code(ds, "ViewPosition"),
         rows=int(ds.get("Rows") or 0),
         cols=int(ds.get("Columns") or 0),
-        transfer_syntax=str(tsyntax) if tsyntax else None,
+        transfer_syntax=str(tsyntax)[:MAX_UID_CHARS] if tsyntax else None,
     )
 
 

@@ -128,6 +128,19 @@ class TestReadHeader:
         path = rewrite(make_cxr_dicom(tmp_path), StudyInstanceUID=None)
         assert reason_of(read_header, path) == RejectReason.MISSING_UID
 
+    def test_uid_longer_than_the_standard_allows(self, tmp_path):
+        path = make_cxr_dicom(tmp_path, SOPInstanceUID="1." + "2" * 70)
+        assert reason_of(read_header, path) == RejectReason.MISSING_UID
+
+    def test_overlong_texts_are_cut_not_rejected(self, tmp_path):
+        path = make_cxr_dicom(
+            tmp_path, PatientID="P" * 80, BodyPartExamined="CHEST " + "X" * 70, ViewPosition="PA"
+        )
+        meta = read_header(path)
+        assert meta.patient_id == "P" * 64
+        assert meta.body_part is not None
+        assert len(meta.body_part) == 64
+
     @pytest.mark.parametrize(
         "syntax",
         [
