@@ -73,21 +73,3 @@ def make_service_celery(
         worker_prefetch_multiplier=1,
     )
     return app
-
-
-def make_service_celery(
-    settings: Settings, *, name: str, queue: str, tasks: Iterable[str]
-) -> Celery:
-    """A Celery app like :func:`make_celery` whose tasks all go to one queue of its own.
-
-    Used by services other than inference (for example the nightly report), so that a worker
-    started with ``-Q <queue>`` serves them and never takes an inference message.
-    """
-    app = make_celery(settings, name=name)
-    app.conf.update(
-        task_queues=[Queue(queue)],
-        task_default_queue=queue,
-        task_routes={task: {"queue": queue} for task in tasks},
-        worker_prefetch_multiplier=1,
-    )
-    return app
