@@ -108,18 +108,29 @@ def split_samples(
     rng = np.random.default_rng(seed)
     out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     for key in sorted(strata):
-        groups = strata[key]
-        order = rng.permutation(len(groups))
+        groups = [strata[key][i] for i in rng.permutation(len(strata[key]))]
         total = sum(len(g) for g in groups)
-        bounds = (fractions[0] * total, (fractions[0] + fractions[1]) * total)
-        placed = 0
-        for idx in order:
-            group = groups[idx]
-            split = "train" if placed < bounds[0] else "val" if placed < bounds[1] else "test"
+        targets = {"test": fractions[2] * total, "val": fractions[1] * total}
+        placed = dict.fromkeys(SPLITS, 0)
+        for group in groups:
+            split = _choose_split(placed, targets, len(group), n_groups=len(groups))
             out[split].extend(samples[i] for i in group)
-            placed += len(group)
+            placed[split] += len(group)
     check_disjoint(out)
     return out
+
+
+def _choose_split(
+    placed: dict[str, int], targets: dict[str, float], size: int, *, n_groups: int
+) -> str:
+    """Test, then validation, until each holds its share; every split gets a patient once a
+    stratum has three."""
+    for name in ("test", "val"):
+        if n_groups >= 3 and placed[name] == 0:
+            return name
+        if placed[name] + size / 2 <= targets[name]:
+            return name
+    return "train"
 
 
 def check_disjoint(splits: dict[str, list[Sample]]) -> None:

@@ -183,6 +183,8 @@ def prepare_splits(config: TrainConfig) -> dict[str, list[Sample]]:
     check_disjoint(splits)
     for name in SPLITS:
         log.info("%s: %d images", name, len(splits[name]))
+        if not splits[name]:
+            raise ValueError(f"the {name} split is empty: each label needs at least 3 patients")
     return splits
 
 
@@ -237,17 +239,17 @@ def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:
     from pulmoscreen.model import build_model
     from pulmoscreen.model.build import build_tiny_model
 
-    if config.arch == "tiny":
+    if config.init not in ("scratch", "imagenet"):
+        serving = build_model(LABELS, weights=Path(config.init))  # a trained .keras model
+    elif config.arch == "tiny":
         serving = build_tiny_model(LABELS, input_size=config.size)
-    elif config.init in ("scratch", "imagenet"):
+    else:
         serving = build_model(
             LABELS,
             weights=None if config.init == "scratch" else "imagenet",
             input_size=config.size,
             imagenet_weights_file=config.imagenet_weights,
         )
-    else:
-        serving = build_model(LABELS, weights=Path(config.init))
     inputs = keras.Input((config.size, config.size, 3), name="image")
     x = inputs
     for layer in augmentation_layers(config.augment, seed=config.seed):

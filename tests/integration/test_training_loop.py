@@ -121,3 +121,33 @@ class TestTrainEvaluateServe:
         assert row.sha256 == sha256_file(model)
         assert row.thresholds == card["thresholds"]
         assert n_pred == 3
+
+
+class TestResumeAndFineTune:
+    def test_two_phase_fine_tuning_resumes_after_an_interruption(self, tmp_path):
+        import keras
+
+        data, base, tuned = tmp_path / "site", tmp_path / "base", tmp_path / "tuned"
+        make_dataset(data, per_label=12)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        common = ("--data", str(data), "--arch", "tiny", "--size", "32", "--fit-only")
+        done = run_cli("train", *common, "--out", str(base), "--epochs", "1", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        init = base / "best.keras"
+        # stops after phase 1 (frozen backbone), as an interrupted run would
+        args = (*common, "--out", str(tuned), "--init", str(init), "--head-epochs", "1")
+        done = run_cli("train", *args, "--epochs", "1", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        start = keras.models.load_model(init).get_layer("backbone").get_weights()
+        after_head = (
+            keras.models.load_model(tuned / "last.keras")
+            .get_layer("screening_model")
+            .get_layer("backbone")
+            .get_weights()
+        )
+        for before, after in zip(start, after_head, strict=True):
+            np.testing.assert_array_equal(before, after)  # phase 1 trains the head only
+        done = run_cli("train", *args, "--epochs", "3", "--resume", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        history = json.loads((tuned / "state.json").read_text())["history"]
+        assert [(h["epoch"], h["phase"]) for h in history] == [(1, 1), (2, 2), (3, 2)]
