@@ -424,6 +424,22 @@ class TestRealChestCR:
             expected = to_model_input(read_dicom(rg1(reference)).pixels, spec)
             assert np.abs(lossy - expected).max() <= 1.0, reference
 
+    def test_all_four_encodings_are_predicted_through_the_workers_path(self, tiny_model_path):
+        from pulmoscreen.domain import LABELS
+        from pulmoscreen.model import load_screening_model, predict_batch
+        from worker.inference import prepare_inputs
+
+        loaded = load_screening_model(tiny_model_path, labels=LABELS)
+        encodings = ("UNCR", "J2KR", "UNCI", "J2KI")
+        paths = {i: rg1(f"RG1_{enc}.dcm") for i, enc in enumerate(encodings)}
+        ids, batch, failures = prepare_inputs(paths, loaded.card.preprocess)
+        assert failures == []
+        assert ids == [0, 1, 2, 3]
+        probs = predict_batch(loaded.model, batch)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(probs[0], probs[1])  # lossless: same input, same scores
+        np.testing.assert_allclose(probs[2], probs[3], atol=1e-4)  # lossy against its copy
+
     @pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG3_J2KI.dcm"])
     def test_extremity_cr_is_not_chest(self, name):
         assert reason_of(read_header, rg1(name)) == RejectReason.NOT_CHEST
