@@ -185,7 +185,7 @@ def upgrade() -> None:
             }
         ],
     )
-    dialect = op.get_bind().dialect.name
+    dialect = op.get_context().dialect.name
     pieces = _sql_pieces(dialect)
     op.execute(SCREENING_RESULTS.format(**pieces))
     op.execute(FLAGGED_PATIENTS)
