@@ -231,6 +231,27 @@ def ingest(
 
 
 @app.command()
+def healthcheck() -> None:
+    """Exit 0 when the database and the broker answer (container health checks use this)."""
+    from sqlalchemy import text
+
+    from pulmoscreen.db import make_engine
+    from pulmoscreen.db.session import normalise_url
+    from pulmoscreen.queue import make_celery
+
+    settings = get_settings()
+    try:
+        with make_engine(normalise_url(settings.resolved_database_url())).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        with make_celery(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # any failure is an unhealthy service
+        console.print(f"unhealthy: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from exc
+    console.print("healthy")
+
+
+@app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (``alembic upgrade head``)."""
     from pulmoscreen.db import upgrade_database
