@@ -59,7 +59,7 @@ def files_left(root: Path) -> list[Path]:
 
 def screen_corpus(corpus: Corpus, env: dict[str, str], url: str, cwd: Path) -> str:
     """Run the CLI once over the corpus and check every file's fate; returns all it printed."""
-    result = run_cli("screen", "-v", str(corpus.root), env=env, cwd=cwd)
+    result = run_cli("screen", "-v", "--timeout", "300", str(corpus.root), env=env, cwd=cwd)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     good, bad = len(corpus.good), len(corpus.bad)
