@@ -24,7 +24,13 @@ from ingest.scanner import StabilityTracker, iter_candidates
 from pulmoscreen.db import queries
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.dicom import DicomMeta, read_header
-from pulmoscreen.storage import move_file, processed_destination, quarantine_file
+from pulmoscreen.storage import (
+    move_file,
+    processed_destination,
+    quarantine_file,
+    resolve_stored_path,
+    to_stored_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +84,10 @@ class Ingestor:
         sessions: sessionmaker[Session],
         enqueue: Enqueue,
         stable_seconds: float,
+        storage_root: Path | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.storage_root = storage_root
         self.sessions = sessions
         self.enqueue = enqueue
         self.tracker = StabilityTracker(stable_seconds)
@@ -137,7 +145,7 @@ class Ingestor:
                 study_id=study_id,
                 meta=meta,
                 source_path=source,
-                stored_path=str(dest),
+                stored_path=to_stored_path(dest, self.storage_root),
                 sha256=sha,
                 size_bytes=path.stat().st_size,
             )
@@ -156,7 +164,11 @@ class Ingestor:
         return IngestOutcome(image_id, "queued")
 
     def _existing(self, path, meta, source, sha, existing) -> IngestOutcome:  # type: ignore[no-untyped-def]
-        stored = Path(existing.stored_path) if existing.stored_path else None
+        stored = (
+            resolve_stored_path(existing.stored_path, self.storage_root)
+            if existing.stored_path
+            else None
+        )
         if existing.sha256 == sha and stored is not None and not stored.exists():
             # A crash after commit and before the move: finish the move, send the task again.
             move_file(path, stored)
@@ -177,7 +189,7 @@ class Ingestor:
             image_id = queries.add_rejected_image(
                 session,
                 source_path=source,
-                stored_path=str(dest),
+                stored_path=to_stored_path(dest, self.storage_root),
                 sha256=sha,
                 size_bytes=size,
                 reason=reason,
@@ -194,7 +206,9 @@ class Ingestor:
 
         with self.sessions.begin() as session:
             session.execute(
-                update(Image).where(Image.id == image_id).values(stored_path=str(landed))
+                update(Image)
+                .where(Image.id == image_id)
+                .values(stored_path=to_stored_path(landed, self.storage_root))
             )
 
     def watch(self, stop: threading.Event, *, poll_interval: float) -> None:

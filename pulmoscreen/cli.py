@@ -88,6 +88,7 @@ def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout:
             folder,
             sessions=sessions,
             stable_seconds=settings.stable_seconds,
+            storage_root=settings.storage_root,
             enqueue=lambda ids: enqueue_images(celery_app, ids),
         )
         ingestor.recover()
@@ -212,6 +213,7 @@ def ingest(
         folder or settings.drop_folder,
         sessions=session_factory(url),
         stable_seconds=settings.stable_seconds,
+        storage_root=settings.storage_root,
         enqueue=lambda ids: enqueue_images(celery_app, ids),
     )
     ingestor.recover()

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.keras"
+DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.npz"
 
 
 class Settings(BaseSettings):
@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         2.0, ge=0, description="A file is read only once its size and mtime held this long."
     )
     poll_interval: float = Field(1.0, gt=0, description="Seconds between drop-folder scans.")
+    storage_root: Path | None = Field(
+        None,
+        description="Shared storage that holds the drop folder; image paths are stored "
+        "relative to it so workers on other hosts can mount it anywhere.",
+    )
     model_path: Path | None = Field(
         None, description="Trained .keras model with its .card.json; empty: the shipped model."
     )

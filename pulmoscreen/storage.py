@@ -53,6 +53,29 @@ def processed_destination(root: Path, *, study_uid: str, sop_uid: str) -> Path:
     return root / PROCESSED_DIR / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
 
 
+def to_stored_path(path: Path, storage_root: Path | None) -> str:
+    """How a file's location is written in SQL: relative to ``storage_root`` when inside it.
+
+    Relative paths let workers on other hosts find the file wherever they mount the shared
+    storage (``PULMO_STORAGE_ROOT``); outside the root, or without one, the path is absolute.
+    """
+    absolute = path.absolute()
+    if storage_root is not None:
+        try:
+            return absolute.relative_to(storage_root.absolute()).as_posix()
+        except ValueError:
+            pass
+    return str(absolute)
+
+
+def resolve_stored_path(stored: str, storage_root: Path | None) -> Path:
+    """The file a stored path names on this host."""
+    path = Path(stored)
+    if path.is_absolute() or storage_root is None:
+        return path
+    return storage_root / path
+
+
 def quarantine_file(src: Path, root: Path, *, reason: str, detail: str, source: str) -> Path:
     """Move ``src`` into ``root/quarantine/`` and write a sidecar that says why."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -21,7 +21,7 @@ from pulmoscreen.model import (
     predict_batch,
     score_probabilities,
 )
-from pulmoscreen.storage import quarantine_file
+from pulmoscreen.storage import quarantine_file, resolve_stored_path, to_stored_path
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,24 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
     factory = session_factory(url)
     with factory() as session:
         images = queries.images_to_predict(session, image_ids, model_id)
-        paths = {image.id: Path(image.stored_path or image.source_path) for image in images}
+        paths = {
+            image.id: resolve_stored_path(
+                image.stored_path or image.source_path, settings.storage_root
+            )
+            for image in images
+        }
         sources = {image.id: image.source_path for image in images}
     ids, inputs, failures = prepare_inputs(paths, loaded.card.preprocess)
     for image_id, reason, detail in failures:
-        _reject(factory, image_id, paths[image_id], sources[image_id], reason, detail)
+        _reject(
+            factory,
+            image_id,
+            paths[image_id],
+            sources[image_id],
+            reason,
+            detail,
+            storage_root=settings.storage_root,
+        )
     if not ids:
         return
     probs = predict_batch(loaded.model, inputs)
@@ -95,7 +108,14 @@ def prepare_inputs(
 
 
 def _reject(  # type: ignore[no-untyped-def]
-    factory, image_id: int, path: Path, source: str, reason: RejectReason, detail: str
+    factory,
+    image_id: int,
+    path: Path,
+    source: str,
+    reason: RejectReason,
+    detail: str,
+    *,
+    storage_root: Path | None,
 ) -> None:
     """Quarantine a queued image whose pixels cannot be used; the pipeline goes on."""
     log.warning("image %d rejected at decode: %s", image_id, reason.value)
@@ -103,7 +123,7 @@ def _reject(  # type: ignore[no-untyped-def]
     if path.exists():
         root = _drop_root(path)
         dest = quarantine_file(path, root, reason=reason.value, detail=detail, source=source)
-        stored = str(dest)
+        stored = to_stored_path(dest, storage_root)
     with factory.begin() as session:
         queries.reject_image(session, image_id, reason=reason, detail=detail, stored_path=stored)
 

@@ -30,6 +30,7 @@ class TestBatchedInferenceTask:
             model_path=tiny_model_path,
             batch_size=4,
             flush_interval=0.3,
+            storage_root=tmp_path,
         )
         sessions = session_factory(pg_url)
         app = create_app(settings)
@@ -43,6 +44,7 @@ class TestBatchedInferenceTask:
                 drop,
                 sessions=sessions,
                 stable_seconds=0,
+                storage_root=tmp_path,
                 enqueue=lambda ids: enqueue_images(app, ids),
             )
             ids = [o.image_id for o in ingestor.scan_once()]
@@ -60,4 +62,8 @@ class TestBatchedInferenceTask:
         assert model.active
         assert len(model.sha256) == 64
         assert rejected.reject_reason == "truncated"
-        assert "/quarantine/" in rejected.stored_path
+        # paths are stored relative to the storage root, so other hosts can mount it anywhere
+        assert rejected.stored_path.startswith("inbox/quarantine/")
+        with sessions() as session:
+            stored = session.scalars(select(Image.stored_path).where(Image.status == "predicted"))
+            assert all(p.startswith("inbox/processed/") for p in stored)

@@ -234,3 +234,19 @@ class TestUntrustedFiles:
         assert outcome.reason == "unreadable"
         assert sent == []
         assert tree(outside) == before
+
+
+class TestStoragePaths:
+    def test_relative_to_the_storage_root_and_back(self, tmp_path):
+        from pulmoscreen.storage import resolve_stored_path, to_stored_path
+
+        root = tmp_path / "share"
+        inside = root / "inbox" / "processed" / "a.dcm"
+        assert to_stored_path(inside, root) == "inbox/processed/a.dcm"
+        assert resolve_stored_path("inbox/processed/a.dcm", tmp_path / "mnt") == (
+            tmp_path / "mnt" / "inbox" / "processed" / "a.dcm"
+        )
+        outside = tmp_path / "elsewhere" / "b.dcm"
+        assert to_stored_path(outside, root) == str(outside)
+        assert resolve_stored_path(str(outside), root) == outside
+        assert to_stored_path(inside, None) == str(inside)
