@@ -32,7 +32,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("celery", "kombu", "amqp", "absl", "tensorflow"):
+    for noisy in ("celery", "kombu", "amqp", "absl", "tensorflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # memory:// has no host; kombu warns about it on every connection.
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)
@@ -43,6 +43,8 @@ def embedded_worker(celery_app: Any) -> Iterator[None]:
     """Run the real inference task in a Celery worker thread inside this process."""
     from celery.contrib.testing.worker import start_worker
 
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     with start_worker(
         celery_app,
         pool="solo",
@@ -51,6 +53,9 @@ def embedded_worker(celery_app: Any) -> Iterator[None]:
         loglevel="WARNING",
         shutdown_timeout=120.0,
     ):
+        # Celery reconfigures the root logger when its worker starts; keep the CLI's own.
+        root.setLevel(level)
+        root.handlers[:] = handlers
         yield
 
 
