@@ -8,7 +8,6 @@ nothing is predicted twice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -29,6 +28,7 @@ from pulmoscreen.storage import (
     processed_destination,
     quarantine_file,
     resolve_stored_path,
+    sha256_file,
     to_stored_path,
 )
 
@@ -64,14 +64,6 @@ def check_file_type(path: Path) -> None:
         raise Rejected(RejectReason.UNREADABLE, "not a regular file")
     if mode.st_size == 0:
         raise Rejected(RejectReason.TRUNCATED, "empty file")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Ingestor:
@@ -133,7 +125,7 @@ class Ingestor:
             return None
 
     def _accept(self, path: Path, meta: DicomMeta, source: str) -> IngestOutcome:
-        sha = sha256_of(path)
+        sha = sha256_file(path)
         dest = processed_destination(self.root, study_uid=meta.study_uid, sop_uid=meta.sop_uid)
         with self.sessions() as session:
             existing = queries.image_by_sop(session, meta.sop_uid)
@@ -183,7 +175,7 @@ class Ingestor:
     ) -> IngestOutcome:
         sha = size = None
         if path.is_file() and not path.is_symlink():
-            sha, size = sha256_of(path), path.stat().st_size
+            sha, size = sha256_file(path), path.stat().st_size
         dest = quarantine_file(path, self.root, reason=reason.value, detail=detail, source=source)
         with self.sessions.begin() as session:
             image_id = queries.add_rejected_image(

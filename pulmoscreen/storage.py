@@ -6,6 +6,7 @@ ever written outside the drop folder because of what a file or its header says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,15 @@ OWN_DIRS = frozenset({PROCESSED_DIR, QUARANTINE_DIR})
 SIDECAR_SUFFIX = ".reason.json"
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def safe_name(text: str, *, limit: int = 120) -> str:

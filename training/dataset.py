@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pulmoscreen.domain import LABELS
+from pulmoscreen.storage import sha256_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""})
 SPLITS = ("train", "val", "test")
@@ -45,10 +45,6 @@ def patient_key(source: str, path: Path) -> str:
     return f"{source}:{path.parent.name}/{stem}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def discover(roots: Iterable[Path]) -> list[Sample]:
     """Every image under ``root/<label>/`` for each root; the root's name is the source.
 
@@ -61,7 +57,7 @@ def discover(roots: Iterable[Path]) -> list[Sample]:
             if not folder.is_dir():
                 continue
             samples.extend(
-                Sample(path, label, root.name, patient_key(root.name, path), _sha256(path))
+                Sample(path, label, root.name, patient_key(root.name, path), sha256_file(path))
                 for path in sorted(folder.rglob("*"))
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
             )

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pulmoscreen.imaging.preprocess import PreprocessSpec
+from pulmoscreen.storage import sha256_file
+
+__all__ = ["ModelCard", "card_path_for", "sha256_file"]
 
 
 def card_path_for(model_path: Path) -> Path:
     """``models/x.keras`` -> ``models/x.card.json``."""
     return model_path.with_name(f"{model_path.stem}.card.json")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
