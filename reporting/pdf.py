@@ -46,11 +46,6 @@ def page_count(summary: DailySummary) -> int:
     return 1 + flagged_page_count(len(summary.flagged_images)) + len(CHARTS)
 
 
-def _short(text: str | None, limit: int) -> str:
-    text = text or ""
-    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
-
-
 def _summary_lines(s: DailySummary) -> list[str]:
     lines = [
         f"Files received: {s.files_received} ({s.studies_received} studies)",
