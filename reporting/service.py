@@ -66,6 +66,7 @@ def load_summary(settings: Settings, day: date, *, now: datetime) -> DailySummar
         tz=tz,
         generated_at=now.astimezone(tz),
         image_url_template=settings.image_url_template,
+        storage_root=settings.storage_root,
     )
 
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from pulmoscreen.domain import LABELS, ImageStatus
+from pulmoscreen.storage import resolve_stored_path
 
 TREND_DAYS = 7
 
@@ -124,16 +125,26 @@ def previous_day(tz: ZoneInfo, now: datetime) -> date:
 
 
 def image_link(
-    template: str, *, stored_path: str | None, source_path: str, study_uid: Any, sop_uid: Any
+    template: str,
+    *,
+    stored_path: str | None,
+    source_path: str,
+    study_uid: Any,
+    sop_uid: Any,
+    storage_root: Path | None = None,
 ) -> str:
-    """A viewer URL built from ``template``, or a file:// link to the stored DICOM."""
+    """A viewer URL built from ``template``, or a file:// link to the stored DICOM.
+
+    Stored paths may be relative to the shared storage (``PULMO_STORAGE_ROOT``); the file link
+    points to where this host sees the file.
+    """
     if template:
         return template.format(
             study_uid=quote(str(study_uid or ""), safe=""),
             sop_uid=quote(str(sop_uid or ""), safe=""),
             stored_path=quote(stored_path or source_path),
         )
-    return Path(stored_path or source_path).absolute().as_uri()
+    return resolve_stored_path(stored_path or source_path, storage_root).absolute().as_uri()
 
 
 def _localise(frame: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
@@ -181,7 +192,9 @@ def _trend(frame: pd.DataFrame, day: date) -> tuple[TrendDay, ...]:
     return tuple(out)
 
 
-def _flagged_images(rows: pd.DataFrame, image_url_template: str) -> tuple[FlaggedImage, ...]:
+def _flagged_images(
+    rows: pd.DataFrame, image_url_template: str, storage_root: Path | None
+) -> tuple[FlaggedImage, ...]:
     """Flagged rows by urgency: highest abnormality score, then highest P(TB), then earliest."""
     flagged = rows[rows["is_flagged"]].sort_values(
         ["abnormality_score", "p_tuberculosis", "received_at", "image_id"],
@@ -210,6 +223,7 @@ def _flagged_images(rows: pd.DataFrame, image_url_template: str) -> tuple[Flagge
                     source_path=str(r.source_path),
                     study_uid=r.study_uid,
                     sop_uid=r.sop_uid,
+                    storage_root=storage_root,
                 ),
                 image_id=int(r.image_id),
             )
@@ -224,6 +238,7 @@ def summarise_day(
     tz: ZoneInfo,
     generated_at: datetime,
     image_url_template: str = "",
+    storage_root: Path | None = None,
 ) -> DailySummary:
     """Aggregate the files of :func:`trend_window` (columns of ``RECEIVED_COLUMNS``) for ``day``."""
     frame = _localise(frame, tz)
@@ -246,7 +261,7 @@ def summarise_day(
         flagged=int(rows["is_flagged"].sum()),
         reject_reasons={str(k): int(v) for k, v in reasons.items()},
         labels={label: int(labels.get(label, 0)) for label in LABELS},
-        flagged_images=_flagged_images(rows, image_url_template),
+        flagged_images=_flagged_images(rows, image_url_template, storage_root),
         p_tuberculosis=tuple(float(p) for p in predicted["p_tuberculosis"]),
         p_pneumonia=tuple(float(p) for p in predicted["p_pneumonia"]),
         hourly_received=_hourly(rows["received_local"]),

@@ -218,6 +218,17 @@ class TestImageLink:
         )
         assert link == "file:///data/processed/a%20b.dcm"
 
+    def test_relative_stored_path_points_into_the_shared_storage(self):
+        link = image_link(
+            "",
+            stored_path="processed/1.2/3.4.dcm",
+            source_path="x",
+            study_uid=1,
+            sop_uid=2,
+            storage_root=Path("/mnt/pulmo"),
+        )
+        assert link == "file:///mnt/pulmo/processed/1.2/3.4.dcm"
+
     def test_template_gets_url_quoted_uids(self):
         link = image_link(
             "https://pacs/view?study={study_uid}&sop={sop_uid}",
