@@ -175,8 +175,12 @@ def load_screening_model(
     if tuple(card.labels) != tuple(labels):
         raise ValueError(f"model labels {card.labels} differ from the expected {labels}")
     card = replace(card, sha256=sha256_file(model_path))
-    if thresholds_override:
-        card = replace(card, thresholds={**card.thresholds, **thresholds_override})
+    merged = {**card.thresholds, **(thresholds_override or {})}
+    if merged != card.thresholds:
+        # Other thresholds make other flags: a distinct version, so every prediction row names
+        # the thresholds that produced it (the models table keeps one set per version).
+        tag = hashlib.sha256(json.dumps(merged, sort_keys=True).encode()).hexdigest()[:8]
+        card = replace(card, version=f"{card.version}+thr-{tag}", thresholds=merged)
     log.info("loaded model %s (sha256 %s)", card.version, card.sha256[:12])
     if model_path.suffix == COMPACT_SUFFIX:
         return LoadedModel(load_compact(model_path, card), card)

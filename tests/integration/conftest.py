@@ -15,7 +15,11 @@ import pytest
 PG_ADMIN_URL = os.environ.get(
     "PULMO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("PULMO_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# A Redis database of its own per test run (2..15), so two runs on one machine do not flush each
+# other's queues.
+REDIS_URL = os.environ.get(
+    "PULMO_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{2 + os.getpid() % 14}"
+)
 HINT = "run `make services` (scripts/ensure-services.sh) to start it"
 
 

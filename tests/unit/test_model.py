@@ -68,6 +68,11 @@ class TestLoadScreeningModel:
             tiny_model_path, labels=LABELS, thresholds_override={"tuberculosis": 0.9}
         )
         assert loaded.card.thresholds == {"pneumonia": 0.5, "tuberculosis": 0.9}
+        assert loaded.card.version.startswith("tiny-test-1+thr-")
+        same = load_screening_model(
+            tiny_model_path, labels=LABELS, thresholds_override={"tuberculosis": 0.5}
+        )
+        assert same.card.version == "tiny-test-1"  # an override equal to the card changes nothing
 
     def test_label_mismatch_is_refused(self, tiny_model_path):
         with pytest.raises(ValueError, match="labels"):
