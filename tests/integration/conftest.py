@@ -17,9 +17,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 # A Redis database of its own per test run (2..15), so two runs on one machine do not flush each
 # other's queues.
-REDIS_URL = os.environ.get(
-    "PULMO_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{2 + os.getpid() % 14}"
-)
+REDIS_URL = os.environ.get("PULMO_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{2 + os.getpid() % 14}")
 HINT = "run `make services` (scripts/ensure-services.sh) to start it"
 
 
