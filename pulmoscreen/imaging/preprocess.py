@@ -49,7 +49,7 @@ def to_model_input(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.flo
     """
     grey = pixels.astype(np.float32, copy=False)
     if grey.ndim == 3:
-        grey = cv2.cvtColor(grey, cv2.COLOR_RGB2GRAY)
+        grey = np.asarray(cv2.cvtColor(grey, cv2.COLOR_RGB2GRAY), dtype=np.float32)
     if grey.ndim != 2 or min(grey.shape) < 1:
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
     small = cv2.resize(grey, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
