@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration services chromium bench bench-report clean
+.PHONY: install demo test lint unit integration services chromium bench bench-model bench-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ test: install services chromium lint
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py
+
+bench-model: install
+	$(BIN)/python benchmarks/model_throughput.py
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed
