@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +138,24 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def prediction_counts(sessions: Any) -> tuple[int, list[tuple[int, int]], dict[str, int]]:
+    """Images still queued, predictions per image, and predictions per worker."""
+    from sqlalchemy import func, select
+
+    from pulmoscreen.db import Image, PredictionRow
+
+    with sessions() as session:
+        queued = session.scalar(
+            select(func.count()).select_from(Image).where(Image.status == "queued")
+        )
+        per_image = session.execute(
+            select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+        ).all()
+        by_worker = dict(
+            session.execute(
+                select(PredictionRow.worker, func.count()).group_by(PredictionRow.worker)
+            ).all()
+        )
+    return int(queued or 0), [tuple(row) for row in per_image], by_worker

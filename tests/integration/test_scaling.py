@@ -4,14 +4,14 @@ PostgreSQL: 300 studies, every one predicted exactly once, even when a worker is
 import signal
 
 import pytest
-from sqlalchemy import func, select
 
 from ingest import Ingestor
 from pulmoscreen.config import Settings
-from pulmoscreen.db import Image, PredictionRow, session_factory
+from pulmoscreen.db import session_factory
 from pulmoscreen.queue import enqueue_images, make_celery
 from tests.factories import make_cxr_dicom
 from tests.integration.conftest import (
+    prediction_counts,
     pulmo_env,
     start_worker_process,
     stop_processes,
@@ -20,22 +20,6 @@ from tests.integration.conftest import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N_STUDIES = 300
-
-
-def counts(sessions):
-    with sessions() as session:
-        queued = session.scalar(
-            select(func.count()).select_from(Image).where(Image.status == "queued")
-        )
-        per_image = session.execute(
-            select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
-        ).all()
-        by_worker = dict(
-            session.execute(
-                select(PredictionRow.worker, func.count()).group_by(PredictionRow.worker)
-            ).all()
-        )
-    return queued, per_image, by_worker
 
 
 class TestThreeWorkers:
@@ -76,21 +60,21 @@ class TestThreeWorkers:
             assert len(ingestor.scan_once()) == N_STUDIES
 
             def all_took_part() -> bool:
-                return len(counts(sessions)[2]) == 3
+                return len(prediction_counts(sessions)[2]) == 3
 
             wait_until(all_took_part, timeout=180, what="every worker's first batch")
             victim = workers[1]
             victim.send_signal(signal.SIGKILL)  # no warm shutdown: its held messages are lost
             victim.wait(timeout=30)
             wait_until(
-                lambda: counts(sessions)[0] == 0,
+                lambda: prediction_counts(sessions)[0] == 0,
                 timeout=400,
                 what="300 predictions",
                 logs=[tmp_path / f"w{i}.log" for i in (1, 2, 3)],
             )
         finally:
             stop_processes(workers)
-        queued, per_image, by_worker = counts(sessions)
+        queued, per_image, by_worker = prediction_counts(sessions)
         assert queued == 0
         assert len(per_image) == N_STUDIES
         assert {n for _, n in per_image} == {1}

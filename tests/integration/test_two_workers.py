@@ -1,14 +1,14 @@
 """Two `celery -A worker` processes on one Redis queue share the work; no image twice."""
 
 import pytest
-from sqlalchemy import func, select
 
 from ingest import Ingestor
 from pulmoscreen.config import Settings
-from pulmoscreen.db import Image, PredictionRow, session_factory
+from pulmoscreen.db import session_factory
 from pulmoscreen.queue import enqueue_images, make_celery
 from tests.factories import make_cxr_dicom
 from tests.integration.conftest import (
+    prediction_counts,
     pulmo_env,
     start_worker_process,
     stop_processes,
@@ -31,6 +31,7 @@ class TestTwoWorkers:
             database_url=pg_url, broker_url=redis_url, model_path=tiny_model_path, batch_size=4
         )
         app = make_celery(settings)
+        sessions = session_factory(pg_url)
         workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2)]
         try:
             wait_until(
@@ -39,7 +40,6 @@ class TestTwoWorkers:
             drop = tmp_path / "inbox"
             for seed in range(60):
                 make_cxr_dicom(drop, seed=500 + seed, rows=256, cols=256)
-            sessions = session_factory(pg_url)
             ingestor = Ingestor(
                 drop,
                 sessions=sessions,
@@ -48,28 +48,15 @@ class TestTwoWorkers:
             )
             assert len(ingestor.scan_once()) == 60
 
-            def all_done() -> bool:
-                with sessions() as session:
-                    stmt = select(func.count()).select_from(Image).where(Image.status == "queued")
-                    return session.scalar(stmt) == 0
-
             wait_until(
-                all_done,
+                lambda: prediction_counts(sessions)[0] == 0,
                 timeout=300,
                 what="60 predictions",
                 logs=[tmp_path / "w1.log", tmp_path / "w2.log"],
             )
         finally:
             stop_processes(workers)
-        with sessions() as session:
-            per_image = session.execute(
-                select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
-            ).all()
-            by_worker = dict(
-                session.execute(
-                    select(PredictionRow.worker, func.count()).group_by(PredictionRow.worker)
-                ).all()
-            )
+        _, per_image, by_worker = prediction_counts(sessions)
         assert len(per_image) == 60
         assert {n for _, n in per_image} == {1}
         assert len(by_worker) == 2, by_worker
