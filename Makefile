@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration services chromium bench bench-model bench-report clean
+.PHONY: install demo test lint unit integration services chromium bench bench-model bench-inference bench-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: install
 
 bench-model: install
 	$(BIN)/python benchmarks/model_throughput.py
+
+bench-inference: install
+	$(BIN)/python benchmarks/inference.py
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed

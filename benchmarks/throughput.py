@@ -1,7 +1,10 @@
 """Throughput: the seed-style loop (one ``model.predict`` per image) vs the worker's batched path.
 
 Both paths read the same DICOM files and use the same preprocessing; they run alternately in
-one process so that machine noise hits both. Usage::
+one process so that machine noise hits both. The per-image loop is the seed's: Keras float32,
+decode, preprocess and predict one image at a time. The batched path is the worker's: its
+inference backend (``PULMO_INFERENCE_BACKEND``, OpenVINO on CPU hosts), a thread pool decoding
+ahead of the model, ``PULMO_INFER_BATCH`` images per model call. Usage::
 
     python benchmarks/throughput.py [--images 64] [--batch-size 16] [--rounds 2]
 
@@ -26,7 +29,7 @@ from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import read_dicom, to_model_input
 from pulmoscreen.model import load_screening_model, predict_batch
 from pulmoscreen.synthetic import make_cxr_dicom
-from worker.inference import prepare_inputs
+from worker.inference import iter_prepared, served_for
 
 
 def per_image_loop(model, spec, files: list[Path]) -> float:  # type: ignore[no-untyped-def]
@@ -38,14 +41,15 @@ def per_image_loop(model, spec, files: list[Path]) -> float:  # type: ignore[no-
     return len(files) / (time.perf_counter() - start)
 
 
-def batched_path(model, spec, files: list[Path], batch_size: int) -> float:  # type: ignore[no-untyped-def]
-    """The worker's way: ``prepare_inputs`` then one ``predict_batch`` per batch."""
+def batched_path(runner, spec, files: list[Path], batch_size: int, infer_batch: int) -> float:  # type: ignore[no-untyped-def]
+    """The worker's way: tasks of ``batch_size`` images, decoded by a thread pool while the
+    model runs on the previous ``infer_batch`` of them."""
     start = time.perf_counter()
     for i in range(0, len(files), batch_size):
-        chunk = dict(enumerate(files[i : i + batch_size]))
-        _, inputs, failures = prepare_inputs(chunk, spec)
-        assert not failures, failures
-        predict_batch(model, inputs)
+        task = dict(enumerate(files[i : i + batch_size]))
+        for _, inputs, failures in iter_prepared(task, spec, chunk=infer_batch):
+            assert not failures, failures
+            predict_batch(runner, inputs)
     return len(files) / (time.perf_counter() - start)
 
 
@@ -59,8 +63,11 @@ def main() -> None:
 
     import keras
 
-    loaded = load_screening_model(Settings().resolved_model_path(), labels=LABELS)
+    settings = Settings()
+    loaded = load_screening_model(settings.resolved_model_path(), labels=LABELS)
     model, spec = loaded.model, loaded.card.preprocess
+    runner = served_for(settings).model
+    infer_batch = min(settings.infer_batch, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         files = [
             make_cxr_dicom(Path(tmp), seed=i, rows=args.side, cols=args.side)
@@ -70,13 +77,17 @@ def main() -> None:
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
             f"keras {keras.__version__} on {keras.backend.backend()}; model {loaded.card.version}"
         )
-        print(f"{args.images} DICOMs of {args.side}x{args.side}, batch size {args.batch_size}")
+        print(
+            f"{args.images} DICOMs of {args.side}x{args.side}; per-image: keras float32; "
+            f"batched: {runner.describe()}, tasks of {args.batch_size}, model calls of "
+            f"{infer_batch}"
+        )
         per_image_loop(model, spec, files[:2])  # warm-up: graph tracing, allocator
-        batched_path(model, spec, files[: args.batch_size], args.batch_size)
+        batched_path(runner, spec, files[: args.batch_size], args.batch_size, infer_batch)
         loop_rates, batch_rates = [], []
         for r in range(args.rounds):
             loop_rates.append(per_image_loop(model, spec, files))
-            batch_rates.append(batched_path(model, spec, files, args.batch_size))
+            batch_rates.append(batched_path(runner, spec, files, args.batch_size, infer_batch))
             print(
                 f"round {r + 1}: per-image {loop_rates[-1]:.2f} img/s, "
                 f"batched {batch_rates[-1]:.2f} img/s"

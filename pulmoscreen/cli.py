@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pulmoscreen.config import Settings, get_settings
+from pulmoscreen.domain import LABELS
 
 app = typer.Typer(add_completion=False, help="PulmoScreen: batch chest X-ray screening.")
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -417,6 +418,29 @@ def evaluate(
         data={k: metrics[k] for k in ("n", "accuracy", "macro_auc", "model_version")}
     )
     console.print(f"written to {out}")
+
+
+@app.command("export-openvino")
+def export_openvino_cmd(
+    model: Annotated[
+        Path | None, typer.Option(help="Model file (default: the configured/shipped one).")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="OpenVINO cache folder (default: PULMO_OPENVINO_CACHE).")
+    ] = None,
+) -> None:
+    """Convert the model to OpenVINO IR ahead of time (air-gapped sites, container images)."""
+    from pulmoscreen.model import export_openvino, load_screening_model
+
+    _setup_logging(False)
+    settings = get_settings()
+    loaded = load_screening_model(
+        model or settings.resolved_model_path(),
+        labels=LABELS,
+        thresholds_override=settings.thresholds,
+    )
+    ir = export_openvino(loaded, cache or settings.resolved_openvino_cache())
+    console.print(f"model {loaded.card.version} (sha256 {loaded.card.sha256[:12]}) -> {ir}")
 
 
 @app.command("pack-data")

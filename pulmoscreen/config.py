@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import time
 from functools import cache
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -27,7 +28,12 @@ class Settings(BaseSettings):
         "memory://", description="Celery broker; memory:// runs an in-process queue."
     )
     drop_folder: Path = Field(Path("var/inbox"), description="Folder that ingest watches.")
-    batch_size: int = Field(16, ge=1, le=512, description="Images per inference batch.")
+    batch_size: int = Field(
+        32, ge=1, le=512, description="Queued images one worker task takes at a time."
+    )
+    infer_batch: int = Field(
+        16, ge=1, le=512, description="Images per model call; the next ones decode meanwhile."
+    )
     flush_interval: float = Field(
         1.0, gt=0, description="Seconds a partial batch waits before it runs anyway."
     )
@@ -49,6 +55,19 @@ class Settings(BaseSettings):
     thresholds: dict[str, float] = Field(
         default_factory=dict,
         description='Flag thresholds overriding the model card, e.g. {"tuberculosis": 0.4}.',
+    )
+    inference_backend: Literal["auto", "keras", "openvino"] = Field(
+        "auto",
+        description="auto: OpenVINO on CPU-only hosts that have it, Keras where a GPU is visible.",
+    )
+    inference_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the hardware computes it (GPU, AMX, AVX-512 BF16)."
+    )
+    openvino_cache: Path | None = Field(
+        None, description="Cache of converted OpenVINO models; empty: data_dir/openvino."
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Threads decoding images beside inference; 0: one per CPU."
     )
     task_time_limit: int = Field(600, description="Hard time limit of one inference batch (s).")
     visibility_timeout: int = Field(
@@ -98,6 +117,9 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pulmoscreen.db').resolve()}"
+
+    def resolved_openvino_cache(self) -> Path:
+        return self.openvino_cache or self.data_dir / "openvino"
 
     def resolved_model_path(self) -> Path | None:
         """The configured model, else the shipped one when present, else None (untrained)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from pulmoscreen.model import (
     LoadedModel,
     ModelCard,
     card_path_for,
-    load_screening_model,
+    load_runner,
     predict_batch,
     score_probabilities,
 )
@@ -27,26 +30,56 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def served_model(model_path: Path | None, thresholds: tuple[tuple[str, float], ...]) -> LoadedModel:
-    """The model, loaded once per worker process on first use (never at import or before fork)."""
-    return load_screening_model(model_path, labels=LABELS, thresholds_override=dict(thresholds))
+def served_model(
+    model_path: Path | None,
+    thresholds: tuple[tuple[str, float], ...],
+    backend: str = "auto",
+    precision: str = "auto",
+    cache_dir: Path = Path("var/openvino"),
+) -> LoadedModel:
+    """The model on its inference backend, loaded once per worker process on first use (never
+    at import or before fork)."""
+    return load_runner(
+        model_path,
+        labels=LABELS,
+        thresholds_override=dict(thresholds),
+        backend=backend,
+        precision=precision,
+        cache_dir=cache_dir,
+    )
 
 
-@cache
-def model_row_id(database_url: str, model_path: Path | None, thresholds: tuple) -> int:
+def served_for(settings: Settings) -> LoadedModel:
+    return served_model(
+        settings.resolved_model_path(),
+        tuple(sorted(settings.thresholds.items())),
+        settings.inference_backend,
+        settings.inference_precision,
+        settings.resolved_openvino_cache(),
+    )
+
+
+_model_ids: dict[tuple[str, str, str], int] = {}
+
+
+def model_row_id(database_url: str, card: ModelCard) -> int:
     """Register the served model in ``models`` once per process; its id tags every prediction."""
-    loaded = served_model(model_path, thresholds)
-    with session_factory(database_url).begin() as session:
-        return queries.register_model(session, loaded.card)
+    key = (database_url, card.version, card.sha256)
+    if key not in _model_ids:
+        with session_factory(database_url).begin() as session:
+            _model_ids[key] = queries.register_model(session, card)
+    return _model_ids[key]
 
 
 def predict_images(settings: Settings, image_ids: list[int], *, worker: str | None) -> None:
-    """Predict every still-queued image of ``image_ids`` under the served model, idempotently."""
-    model_path = settings.resolved_model_path()
-    thresholds = tuple(sorted(settings.thresholds.items()))
+    """Predict every still-queued image of ``image_ids`` under the served model, idempotently.
+
+    Images are decoded by a thread pool while the model runs on the previous chunk of
+    ``infer_batch`` images, so the model does not wait for pixels.
+    """
     url = settings.resolved_database_url()
-    loaded = served_model(model_path, thresholds)
-    model_id = model_row_id(url, model_path, thresholds)
+    loaded = served_for(settings)
+    model_id = model_row_id(url, loaded.card)
     factory = session_factory(url)
     with factory() as session:
         images = queries.images_to_predict(session, image_ids, model_id)
@@ -57,24 +90,37 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
             for image in images
         }
         sources = {image.id: image.source_path for image in images}
-    ids, inputs, failures = prepare_inputs(paths, loaded.card.preprocess)
-    for image_id, reason, detail in failures:
-        _reject(
-            factory,
-            image_id,
-            paths[image_id],
-            sources[image_id],
-            reason,
-            detail,
-            storage_root=settings.storage_root,
-        )
-    if not ids:
-        return
-    probs = predict_batch(loaded.model, inputs)
-    results = [(i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)]
-    with factory.begin() as session:
-        new = queries.save_predictions(session, model_id=model_id, results=results, worker=worker)
-    log.info("batch of %d images predicted (%d new) by %s", len(ids), new, loaded.card.version)
+    chunks = iter_prepared(
+        paths,
+        loaded.card.preprocess,
+        chunk=settings.infer_batch,
+        threads=settings.decode_threads or None,
+    )
+    predicted = new = 0
+    for ids, inputs, failures in chunks:
+        for image_id, reason, detail in failures:
+            _reject(
+                factory,
+                image_id,
+                paths[image_id],
+                sources[image_id],
+                reason,
+                detail,
+                storage_root=settings.storage_root,
+            )
+        if not ids:
+            continue
+        probs = predict_batch(loaded.model, inputs)
+        results = [
+            (i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)
+        ]
+        with factory.begin() as session:
+            new += queries.save_predictions(
+                session, model_id=model_id, results=results, worker=worker
+            )
+        predicted += len(ids)
+    if predicted:
+        log.info("batch of %d images predicted (%d new) by %s", predicted, new, loaded.card.version)
 
 
 def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
@@ -85,26 +131,75 @@ def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
     return ModelCard.load(card_path_for(model_path)).preprocess
 
 
-def prepare_inputs(
-    paths: dict[int, Path], spec: PreprocessSpec
-) -> tuple[list[int], NDArray[np.float32], list[tuple[int, RejectReason, str]]]:
-    """Decode and preprocess each file: ids and stacked inputs of the good ones, and failures."""
-    ids, inputs, failures = [], [], []
-    for image_id, path in paths.items():
-        try:
-            inputs.append(to_model_input(read_dicom(path).pixels, spec))
-            ids.append(image_id)
-        except Rejected as exc:
-            failures.append((image_id, exc.reason, exc.detail))
-        except FileNotFoundError:
-            failures.append((image_id, RejectReason.UNREADABLE, "file missing"))
-        except OSError as exc:
-            failures.append((image_id, RejectReason.UNREADABLE, f"file cannot be read: {exc}"))
-        except Exception as exc:  # one bad image must not fail the whole batch
-            log.exception("image %d: unexpected error while preparing its input", image_id)
-            failures.append((image_id, RejectReason.DECODE_FAILED, f"{type(exc).__name__}: {exc}"))
+Failure = tuple[int, RejectReason, str]
+
+
+def _prepare_one(
+    path: Path, spec: PreprocessSpec
+) -> NDArray[np.float32] | tuple[RejectReason, str]:
+    """One file's model input, or why it cannot have one."""
+    try:
+        return to_model_input(read_dicom(path).pixels, spec)
+    except Rejected as exc:
+        return exc.reason, exc.detail
+    except FileNotFoundError:
+        return RejectReason.UNREADABLE, "file missing"
+    except OSError as exc:
+        return RejectReason.UNREADABLE, f"file cannot be read: {exc}"
+    except Exception as exc:  # one bad image must not fail the whole batch
+        log.exception("unexpected error while preparing the input of %s", path.name)
+        return RejectReason.DECODE_FAILED, f"{type(exc).__name__}: {exc}"
+
+
+def _stack(inputs: list[NDArray[np.float32]], spec: PreprocessSpec) -> NDArray[np.float32]:
     batch = np.stack(inputs) if inputs else np.empty((0, spec.size, spec.size, spec.channels))
-    return ids, batch.astype(np.float32, copy=False), failures
+    return batch.astype(np.float32, copy=False)
+
+
+def iter_prepared(
+    paths: dict[int, Path], spec: PreprocessSpec, *, chunk: int, threads: int | None = None
+) -> Iterator[tuple[list[int], NDArray[np.float32], list[Failure]]]:
+    """Decode and preprocess ``paths`` on a thread pool, yielding chunks of ``chunk`` good
+    inputs (in order) with the failures seen since the last chunk.
+
+    Every file is submitted at once, so the pool keeps decoding while the caller runs the
+    model on the chunk it was handed. Decoding releases the GIL (pydicom's reads, NumPy and
+    OpenCV; compressed data decodes in helper processes).
+    """
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        items = list(paths.items())
+        outputs = pool.map(lambda item: _prepare_one(item[1], spec), items)
+        ids: list[int] = []
+        inputs: list[NDArray[np.float32]] = []
+        failures: list[Failure] = []
+        for (image_id, _), out in zip(items, outputs, strict=True):
+            if isinstance(out, np.ndarray):
+                ids.append(image_id)
+                inputs.append(out)
+            else:
+                failures.append((image_id, *out))
+            if len(ids) >= chunk:
+                yield ids, _stack(inputs, spec), failures
+                ids, inputs, failures = [], [], []
+        if ids or failures:
+            yield ids, _stack(inputs, spec), failures
+
+
+def prepare_inputs(
+    paths: dict[int, Path], spec: PreprocessSpec, *, threads: int | None = None
+) -> tuple[list[int], NDArray[np.float32], list[Failure]]:
+    """Decode and preprocess each file: ids and stacked inputs of the good ones, and failures."""
+    ids: list[int] = []
+    inputs: list[NDArray[np.float32]] = []
+    failures: list[Failure] = []
+    for chunk_ids, chunk_inputs, chunk_failures in iter_prepared(
+        paths, spec, chunk=max(1, len(paths)), threads=threads
+    ):
+        ids += chunk_ids
+        inputs.append(chunk_inputs)
+        failures += chunk_failures
+    batch = np.concatenate(inputs) if inputs else _stack([], spec)
+    return ids, batch, failures
 
 
 def _reject(  # type: ignore[no-untyped-def]

@@ -3,7 +3,8 @@
 The JPEG, JPEG-LS, JPEG 2000 and RLE decoders are C, C++ and Rust libraries. On malformed data
 some do not raise a Python exception: GDCM's JPEG codec calls ``std::terminate`` (the process
 aborts), and a Rust panic surfaces as a ``BaseException`` that skips pydicom's fallbacks. So
-every encapsulated image is decoded by a long-lived helper process (:func:`serve`): when it dies
+every encapsulated image is decoded by a long-lived helper process (:func:`serve`, one per
+decoding thread): when it dies
 or hangs, that image is rejected (``decode_failed``), the helper is restarted for the next one,
 and the worker goes on.
 
@@ -17,6 +18,7 @@ import atexit
 import contextlib
 import os
 import pickle
+import queue
 import select
 import struct
 import subprocess
@@ -126,17 +128,48 @@ def _how(proc: subprocess.Popen[bytes]) -> str:
     return f"exit status {code}"
 
 
-_helper = _Helper()
-atexit.register(_helper.stop)
+class _HelperPool:
+    """Up to ``size`` helpers, so decoding threads decode compressed images side by side."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._idle: queue.LifoQueue[_Helper] = queue.LifoQueue()
+        self._all: list[_Helper] = []
+        self._lock = threading.Lock()
+
+    def _take(self) -> _Helper:
+        with self._lock:
+            if self._idle.empty() and len(self._all) < self.size:
+                helper = _Helper()
+                self._all.append(helper)
+                return helper
+        return self._idle.get()
+
+    def decode(self, path: Path, *, timeout: float) -> NDArray[Any]:
+        helper = self._take()
+        try:
+            return helper.decode(path, timeout=timeout)
+        finally:
+            self._idle.put(helper)
+
+    def stop(self) -> None:
+        for helper in list(self._all):
+            helper.stop()
+
+
+_pool = _HelperPool(os.cpu_count() or 1)
+atexit.register(_pool.stop)
 
 
 def decode_isolated(path: Path, *, timeout: float = DECODE_TIMEOUT_S) -> NDArray[Any]:
-    """Stored pixel values of ``path`` (all frames), decoded in the helper process.
+    """Stored pixel values of ``path`` (all frames), decoded in a helper process.
+
+    Thread-safe: each calling thread gets a helper of its own (up to one per CPU).
 
     Raises:
         DecoderError: no decoder could decode the data, or the decoder crashed or hung.
     """
-    return _helper.decode(path, timeout=timeout)
+    return _pool.decode(path, timeout=timeout)
 
 
 def _decode_file(path: str) -> NDArray[Any]:

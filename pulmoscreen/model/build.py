@@ -119,15 +119,36 @@ def save_compact(model: Any, path: Path) -> None:
         np.savez(fh, **arrays)
 
 
+def _architecture(card: ModelCard) -> Any:
+    """A fresh network of the card's architecture, under the current dtype policy."""
+    size = card.preprocess.size
+    if card.details.get("arch", "resnet50") == "tiny":
+        return build_tiny_model(card.labels, input_size=size)
+    return build_model(card.labels, weights=None, input_size=size)
+
+
+def float32_copy(model: Any, card: ModelCard) -> Any:
+    """``model`` with every layer computing in float32 (a model saved from a mixed-precision
+    training run keeps its bfloat16 policy); ``model`` itself when it already does."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers()):
+        return model
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = _architecture(card)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def load_compact(path: Path, card: ModelCard) -> Any:
     """Rebuild the architecture named in the card and load float16/32 weights as float32."""
     import numpy as np
 
-    size = card.preprocess.size
-    if card.details.get("arch", "resnet50") == "tiny":
-        model = build_tiny_model(card.labels, input_size=size)
-    else:
-        model = build_model(card.labels, weights=None, input_size=size)
+    model = _architecture(card)
     with np.load(path) as data:
         weights = [data[f"w{i:04d}"].astype(np.float32) for i in range(len(data.files))]
     model.set_weights(weights)
@@ -149,25 +170,21 @@ def untrained_card(labels: tuple[str, ...], spec: PreprocessSpec) -> ModelCard:
     )
 
 
-def load_screening_model(
+def resolve_card(
     model_path: Path | None,
     *,
     labels: tuple[str, ...],
     thresholds_override: dict[str, float] | None = None,
-) -> LoadedModel:
-    """Load a trained model and its card, or build the untrained stand-in when there is none.
+) -> ModelCard:
+    """The card a model is served under: read from beside the weights (with their sha256 and
+    any threshold override), or the untrained stand-in's when ``model_path`` is None.
 
     Raises:
         FileNotFoundError: ``model_path`` or its card is missing.
         ValueError: the card's labels differ from ``labels``.
     """
     if model_path is None:
-        import keras
-
-        keras.utils.set_random_seed(0)
-        card = untrained_card(labels, PreprocessSpec())
-        log.warning("no trained model configured: serving an UNTRAINED network (%s)", card.version)
-        return LoadedModel(build_model(labels, weights=None), card)
+        return untrained_card(labels, PreprocessSpec())
     card_file = card_path_for(model_path)
     if not card_file.exists():
         raise FileNotFoundError(f"model card {card_file} is missing next to {model_path}")
@@ -181,6 +198,30 @@ def load_screening_model(
         # the thresholds that produced it (the models table keeps one set per version).
         tag = hashlib.sha256(json.dumps(merged, sort_keys=True).encode()).hexdigest()[:8]
         card = replace(card, version=f"{card.version}+thr-{tag}", thresholds=merged)
+    return card
+
+
+def load_screening_model(
+    model_path: Path | None,
+    *,
+    labels: tuple[str, ...],
+    thresholds_override: dict[str, float] | None = None,
+) -> LoadedModel:
+    """Load a trained model and its card, or build the untrained stand-in when there is none.
+
+    The Keras model is built under the current dtype policy.
+
+    Raises:
+        FileNotFoundError: ``model_path`` or its card is missing.
+        ValueError: the card's labels differ from ``labels``.
+    """
+    card = resolve_card(model_path, labels=labels, thresholds_override=thresholds_override)
+    if model_path is None:
+        import keras
+
+        keras.utils.set_random_seed(0)
+        log.warning("no trained model configured: serving an UNTRAINED network (%s)", card.version)
+        return LoadedModel(build_model(labels, weights=None), card)
     log.info("loaded model %s (sha256 %s)", card.version, card.sha256[:12])
     if model_path.suffix == COMPACT_SUFFIX:
         return LoadedModel(load_compact(model_path, card), card)

@@ -1,0 +1,215 @@
+"""Inference backends behind one call (:func:`~pulmoscreen.model.infer.predict_batch`).
+
+* ``keras``: the reference. Any Keras backend (TensorFlow on CPUs, JAX or PyTorch on GPUs), in
+  float32 or mixed bfloat16.
+* ``openvino``: the CPU path. The Keras model is exported once to OpenVINO IR, cached on disk
+  under the weights' sha256 (a new model makes a new entry), and compiled in bf16 where the CPU
+  computes it natively (AMX, AVX-512 BF16), else in f32.
+
+``auto`` picks OpenVINO on CPU-only hosts where it is installed, and Keras where a GPU is
+visible. Both runners expose ``predict_on_batch`` so the rest of the code does not care which
+one it holds; ``describe()`` names what is serving.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pulmoscreen.model.build import (
+    LoadedModel,
+    float32_copy,
+    load_screening_model,
+    resolve_card,
+)
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "keras", "openvino")
+PRECISIONS = ("auto", "f32", "bf16")
+IR_NAME = "model.xml"
+
+
+def gpu_visible() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return bool(jax.devices()[0].platform == "gpu")
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Native bf16 on this CPU: AMX (Sapphire Rapids and later) or AVX-512 BF16."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return "amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose_backend(setting: str) -> str:
+    """``auto``: OpenVINO on a CPU-only host that has it, else Keras."""
+    if setting not in BACKENDS:
+        raise ValueError(f"inference backend must be one of {BACKENDS}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "openvino" if openvino_available() and not gpu_visible() else "keras"
+
+
+def choose_precision(setting: str, backend: str) -> str:
+    """``auto``: bf16 where the hardware computes it natively (GPU, AMX, AVX-512 BF16)."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"inference precision must be one of {PRECISIONS}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    if backend == "keras" and gpu_visible():
+        return "bf16"
+    return "bf16" if cpu_has_bf16() else "f32"
+
+
+@dataclass
+class KerasRunner:
+    """A Keras model as it is (float32, or built under the mixed bfloat16 policy)."""
+
+    model: Any
+    precision: str
+
+    def predict_on_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+
+    def describe(self) -> str:
+        import keras
+
+        return f"keras ({keras.backend.backend()}) {self.precision}"
+
+
+class OpenVinoRunner:
+    """A compiled OpenVINO model: one synchronous request that uses every core per batch."""
+
+    def __init__(self, ir_path: Path, precision: str, *, threads: int | None = None) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.ir_path, self.precision = ir_path, precision
+        self.compiled = ov.Core().compile_model(str(ir_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def predict_on_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self.request.infer({0: batch})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+
+    def describe(self) -> str:
+        return f"openvino {self.precision}"
+
+
+def ir_cache_path(cache_dir: Path, sha256: str, size: int) -> Path:
+    """Where the IR of the weights with ``sha256`` at input ``size`` lives."""
+    return cache_dir / f"{sha256[:32]}-{size}" / IR_NAME
+
+
+def export_openvino(loaded: LoadedModel, cache_dir: Path) -> Path:
+    """The OpenVINO IR of ``loaded`` in ``cache_dir``, exported now unless already there.
+
+    Safe when several workers start at once: each exports into a folder of its own and the
+    first rename wins.
+    """
+    target = ir_cache_path(cache_dir, loaded.card.sha256, loaded.card.preprocess.size)
+    if target.exists() and target.with_suffix(".bin").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".export-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        log.info("exporting model %s to OpenVINO IR in %s", loaded.card.version, target.parent)
+        model = float32_copy(loaded.model, loaded.card)  # precision is chosen at compile time
+        model.export(str(tmp / IR_NAME), format="openvino", verbose=False)
+        if target.parent.exists():  # an incomplete entry (interrupted copy or export)
+            shutil.rmtree(target.parent, ignore_errors=True)
+        try:
+            os.rename(tmp, target.parent)
+        except OSError:  # another process got there first
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_runner(
+    model_path: Path | None,
+    *,
+    labels: tuple[str, ...],
+    thresholds_override: dict[str, float] | None = None,
+    backend: str = "auto",
+    precision: str = "auto",
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> LoadedModel:
+    """The model with its card, ready to serve on the chosen backend and precision.
+
+    The returned ``model`` is a runner (``predict_on_batch``, ``describe``). On an OpenVINO
+    cache hit the Keras model is not built at all. ``cache_dir`` defaults to a folder under the
+    system's temporary directory.
+    """
+    cache_dir = cache_dir or Path(tempfile.gettempdir()) / "pulmoscreen-openvino"
+    chosen = choose_backend(backend)
+    prec = choose_precision(precision, chosen)
+    if chosen == "openvino":
+        card = resolve_card(model_path, labels=labels, thresholds_override=thresholds_override)
+        ir = ir_cache_path(cache_dir, card.sha256, card.preprocess.size)
+        if not (ir.exists() and ir.with_suffix(".bin").exists()):
+            loaded = load_screening_model(
+                model_path, labels=labels, thresholds_override=thresholds_override
+            )
+            ir = export_openvino(loaded, cache_dir)
+            del loaded
+        elif model_path is None:
+            log.warning("no trained model configured: serving an UNTRAINED network")
+        runner: KerasRunner | OpenVinoRunner = OpenVinoRunner(ir, prec, threads=threads)
+    else:
+        import keras
+
+        previous = keras.config.dtype_policy().name
+        keras.config.set_dtype_policy("mixed_bfloat16" if prec == "bf16" else "float32")
+        try:
+            loaded = load_screening_model(
+                model_path, labels=labels, thresholds_override=thresholds_override
+            )
+        finally:
+            keras.config.set_dtype_policy(previous)
+        card, runner = loaded.card, KerasRunner(loaded.model, prec)
+    log.info("serving model %s on %s", card.version, runner.describe())
+    return LoadedModel(runner, card)
