@@ -20,6 +20,7 @@ from pulmoscreen.model.backends import cpu_has_bf16
 
 CXR = REPO_ROOT.parent / "shared" / "data" / "cxr"
 PER_FOLDER = 30
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 MODEL = Settings().resolved_model_path()  # the shipped model unless PULMO_MODEL_PATH is set
 
 pytestmark = [
@@ -37,9 +38,8 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed on this platfo
 def _real_images() -> list[Path]:
     files: list[Path] = []
     for label_dir in sorted(p for p in CXR.glob("*/*") if p.is_dir() and p.name in LABELS):
-        files += sorted(f for f in label_dir.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"})[
-            :PER_FOLDER
-        ]
+        images = (f for f in label_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += sorted(images)[:PER_FOLDER]
     return files
 
 
@@ -79,7 +79,7 @@ def test_backend_agrees_with_keras_float32(reference, tmp_path, backend, precisi
     flags_got = [score_probabilities(p, card).flagged for p in got]
     same_flag = float(np.mean(np.array(flags_want) == np.array(flags_got)))
     worst = float(np.abs(got - want).max())
-    print(
+    print(  # noqa: T201  (the measured agreement, shown with pytest -s)
         f"\n{loaded.model.describe()} vs keras f32 on {len(inputs)} real images: "
         f"label agreement {same_label:.4f}, flag agreement {same_flag:.4f}, "
         f"max |dp| {worst:.4f}"
