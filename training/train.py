@@ -77,29 +77,9 @@ def choose_precision(setting: str) -> str:
     """``mixed_bfloat16`` where the hardware computes bf16 natively (GPU, AMX, AVX-512 BF16)."""
     if setting != "auto":
         return setting
-    import keras
+    from pulmoscreen.model.backends import cpu_has_bf16, gpu_visible
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        if jax.devices()[0].platform == "gpu":
-            return "mixed_bfloat16"
-    elif backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return "mixed_bfloat16"
-    else:
-        import tensorflow as tf
-
-        if tf.config.list_physical_devices("GPU"):
-            return "mixed_bfloat16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+    return "mixed_bfloat16" if gpu_visible() or cpu_has_bf16() else "float32"
 
 
 def class_weights(labels: NDArray[np.int64], n_classes: int) -> dict[int, float]:
