@@ -8,7 +8,8 @@ Three parts, all in one run so machine noise hits every figure alike:
    compressed) ingested and predicted by the real Celery task (embedded worker, SQLite) until
    every row is in SQL, against the served backend's model-only rate at the worker's batch;
 3. worker memory: resident set size while the worker's ``predict_images`` handles 5,000 queued
-   images (the corpus, registered again under new UIDs), read at image 1,000 and at the end.
+   images (50 files of 1024 px, one in five JPEG 2000, registered again and again under new
+   UIDs), read at image 1,000 and at the end.
 
 Usage::
 
@@ -50,10 +51,10 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def _make_one(args: tuple[Path, int]) -> Path:
-    folder, seed = args
+def _make_one(args: tuple[Path, int, int, int]) -> Path:
+    folder, seed, low, high = args
     rng = np.random.default_rng(seed)
-    rows, cols = int(rng.integers(2048, 3073)), int(rng.integers(2048, 3073))
+    rows, cols = int(rng.integers(low, high + 1)), int(rng.integers(low, high + 1))
     bits = int(rng.choice([12, 14, 16]))
     syntax = JPEG2000Lossless if seed % 5 == 0 else "1.2.840.10008.1.2.1"
     return make_cxr_dicom(
@@ -61,14 +62,17 @@ def _make_one(args: tuple[Path, int]) -> Path:
     )
 
 
-def realistic_corpus(folder: Path, n: int) -> list[Path]:
-    """``n`` synthetic chest DICOMs of 2048-3072 px, 12/14/16-bit, one in five JPEG 2000."""
+def realistic_corpus(folder: Path, n: int, sides: tuple[int, int] = (2048, 3072)) -> list[Path]:
+    """``n`` synthetic chest DICOMs with sides in ``sides`` (px), 12/14/16-bit, one in five
+    JPEG 2000 lossless; generated once into ``folder`` and reused."""
     folder.mkdir(parents=True, exist_ok=True)
     have = sorted(folder.glob("synthetic_*.dcm"))
     if len(have) >= n:
         return have[:n]
     todo = [
-        (folder, seed) for seed in range(n) if not (folder / f"synthetic_{seed:05d}.dcm").exists()
+        (folder, seed, *sides)
+        for seed in range(n)
+        if not (folder / f"synthetic_{seed:05d}.dcm").exists()
     ]
     with ProcessPoolExecutor() as pool:
         list(pool.map(_make_one, todo, chunksize=4))
@@ -188,7 +192,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500, help="end-to-end DICOMs")
     parser.add_argument("--memory-images", type=int, default=5000)
-    parser.add_argument("--memory-files", type=int, default=100, help="distinct files cycled")
+    parser.add_argument("--memory-files", type=int, default=50, help="distinct files cycled")
+    parser.add_argument(
+        "--memory-side", type=int, default=1024, help="side (px) of the memory run's files"
+    )
     parser.add_argument("--batches", default="1,8,16,32,64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=Path("var/bench-corpus"))
@@ -206,7 +213,9 @@ def main() -> None:
     best = backend_table(base, [int(b) for b in args.batches.split(",")], args.repeats)
 
     t = time.perf_counter()
-    files = realistic_corpus(args.corpus, max(args.images, args.memory_files))
+    files = realistic_corpus(args.corpus, args.images)
+    side = args.memory_side
+    small = realistic_corpus(args.corpus / f"side-{side}", args.memory_files, (side, side))
     print(f"corpus: {len(files)} DICOMs in {args.corpus} ({time.perf_counter() - t:.0f}s)")
     with tempfile.TemporaryDirectory() as tmp:
         settings = base.model_copy(
@@ -237,9 +246,7 @@ def main() -> None:
         settings = base.model_copy(
             update={"data_dir": Path(tmp), "database_url": "", "openvino_cache": Path(tmp) / "ov"}
         )
-        first, at_1000, end = worker_memory(
-            settings, files[: args.memory_files], args.memory_images
-        )
+        first, at_1000, end = worker_memory(settings, small, args.memory_images)
         growth = 100 * (end - at_1000) / at_1000
         print(
             f"worker RSS: {first:.0f} MB after the first batch, {at_1000:.0f} MB at the mark, "

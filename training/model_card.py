@@ -26,6 +26,9 @@ LIMITATIONS = [
     "Thresholds were chosen on the validation split for the target sensitivity; the realised "
     "sensitivity on new data varies with prevalence, equipment and population.",
     "Not evaluated on lateral views, children in a TB programme, or images with devices.",
+    "Images that are not chest radiographs (drawn phantoms, other body parts that pass the "
+    "header checks) still get an answer, often a confident one: the model has no "
+    "out-of-distribution detector.",
 ]
 
 
