@@ -279,7 +279,13 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
             _compile(model, lr, len(train_ds) * (until - done))
         callbacks = [
             _Checkpoint(config.out, serving, phase, history),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.patience,
+                # From scratch, validation loss swings widely while the learning rate is high:
+                # judge only the second half of the run.
+                start_from_epoch=0 if config.pretrained else config.epochs // 2,
+            ),
         ]
         model.fit(
             train_ds,
