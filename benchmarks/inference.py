@@ -110,41 +110,22 @@ def backend_table(settings: Settings, batches: list[int], repeats: int) -> dict[
 
 
 def end_to_end(settings: Settings, files: list[Path]) -> float:
-    """Drop folder -> SQL rows through ingest and the real Celery task; images per second."""
-    from ingest import Ingestor
-    from pulmoscreen.cli import _wait_for_results, embedded_worker
-    from pulmoscreen.db import session_factory, upgrade_database
-    from pulmoscreen.queue import enqueue_images
-    from worker.app import create_app
+    """Drop folder -> SQL rows through ingest and the real Celery task (``screen_folder``, as
+    ``pulmoscreen screen`` runs it); images per second."""
+    from pulmoscreen.cli import screen_folder
     from worker.inference import served_for
 
-    url = settings.resolved_database_url()
-    upgrade_database(url)
-    sessions = session_factory(url)
     served_for(settings)  # load (and convert) the model before the clock starts
     drop = settings.drop_folder
     drop.mkdir(parents=True, exist_ok=True)
     for path in files:
-        os.link(path, drop / path.name) if _same_fs(path, drop) else shutil.copy(path, drop)
-    celery_app = create_app(settings)
-    with embedded_worker(celery_app):
-        start = time.perf_counter()
-        ingestor = Ingestor(
-            drop,
-            sessions=sessions,
-            stable_seconds=0.0,
-            storage_root=None,
-            enqueue=lambda ids: enqueue_images(celery_app, ids),
-        )
-        outcomes = ingestor.scan_once()
-        ids = [o.image_id for o in outcomes]
-        assert _wait_for_results(sessions, ids, timeout=3600), "timed out"
-        elapsed = time.perf_counter() - start
+        shutil.copy(path, drop)
+    start = time.perf_counter()
+    ids, done = screen_folder(settings, drop, local_worker=True, timeout=3600)
+    elapsed = time.perf_counter() - start
+    if not done or len(ids) != len(files):
+        raise RuntimeError(f"{len(ids)} of {len(files)} images ingested, all done: {done}")
     return len(files) / elapsed
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    return a.stat().st_dev == b.stat().st_dev
 
 
 def worker_memory(settings: Settings, files: list[Path], total: int) -> tuple[float, float, float]:
@@ -224,6 +205,7 @@ def main() -> None:
                 "database_url": "",
                 "drop_folder": Path(tmp) / "inbox",
                 "broker_url": "memory://",
+                "stable_seconds": 0.0,
                 "openvino_cache": Path(tmp) / "ov",
             }
         )

@@ -78,10 +78,13 @@ def _wait_for_results(sessions: Any, image_ids: list[int], timeout: float) -> bo
             time.sleep(0.5)
 
 
-def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout: float) -> int:
-    """Ingest everything in ``folder``, wait for every result, print the table; exit code."""
+def screen_folder(
+    settings: Settings, folder: Path, *, local_worker: bool, timeout: float
+) -> tuple[list[int], bool]:
+    """Ingest everything in ``folder`` and wait for every result: the image ids, and whether
+    all of them finished within ``timeout`` seconds."""
     from ingest import Ingestor
-    from pulmoscreen.db import queries, session_factory, upgrade_database
+    from pulmoscreen.db import session_factory, upgrade_database
     from pulmoscreen.queue import enqueue_images
     from worker.app import create_app
 
@@ -103,8 +106,15 @@ def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout:
             time.sleep(min(0.5, settings.stable_seconds / 2 or 0.1))
             outcomes += ingestor.scan_once()
         ids = [o.image_id for o in outcomes]
-        done = _wait_for_results(sessions, ids, timeout)
-    with sessions() as session:
+        return ids, _wait_for_results(sessions, ids, timeout)
+
+
+def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout: float) -> int:
+    """Ingest everything in ``folder``, wait for every result, print the table; exit code."""
+    from pulmoscreen.db import queries, session_factory
+
+    ids, done = screen_folder(settings, folder, local_worker=local_worker, timeout=timeout)
+    with session_factory(settings.resolved_database_url())() as session:
         rows = queries.image_outcomes(session, ids)
     _print_results(rows)
     if not done:

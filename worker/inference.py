@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 def served_model(
     model_path: Path | None,
     thresholds: tuple[tuple[str, float], ...],
-    backend: str = "auto",
-    precision: str = "auto",
-    cache_dir: Path = Path("var/openvino"),
+    backend: str,
+    precision: str,
+    cache_dir: Path,
 ) -> LoadedModel:
     """The model on its inference backend, loaded once per worker process on first use (never
     at import or before fork)."""

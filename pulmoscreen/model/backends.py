@@ -99,7 +99,11 @@ class KerasRunner:
     """A Keras model as it is (float32, or built under the mixed bfloat16 policy)."""
 
     model: Any
-    precision: str
+
+    @property
+    def precision(self) -> str:
+        """What the model really computes in (a ``.keras`` file keeps its saved policy)."""
+        return "bf16" if "bfloat16" in self.model.dtype_policy.name else "f32"
 
     def predict_on_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
@@ -113,15 +117,10 @@ class KerasRunner:
 class OpenVinoRunner:
     """A compiled OpenVINO model: one synchronous request that uses every core per batch."""
 
-    def __init__(self, ir_path: Path, precision: str, *, threads: int | None = None) -> None:
+    def __init__(self, ir_path: Path, precision: str) -> None:
         import openvino as ov
 
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": precision,
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         self.ir_path, self.precision = ir_path, precision
         self.compiled = ov.Core().compile_model(str(ir_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
@@ -140,6 +139,11 @@ def ir_cache_path(cache_dir: Path, sha256: str, size: int) -> Path:
     return cache_dir / f"{sha256[:32]}-{size}" / IR_NAME
 
 
+def _complete(ir: Path) -> bool:
+    """An IR with its weights beside it (an interrupted copy or export may lack them)."""
+    return ir.exists() and ir.with_suffix(".bin").exists()
+
+
 def export_openvino(loaded: LoadedModel, cache_dir: Path) -> Path:
     """The OpenVINO IR of ``loaded`` in ``cache_dir``, exported now unless already there.
 
@@ -147,7 +151,7 @@ def export_openvino(loaded: LoadedModel, cache_dir: Path) -> Path:
     first rename wins.
     """
     target = ir_cache_path(cache_dir, loaded.card.sha256, loaded.card.preprocess.size)
-    if target.exists() and target.with_suffix(".bin").exists():
+    if _complete(target):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".export-{uuid.uuid4().hex}"
@@ -176,7 +180,6 @@ def load_runner(
     backend: str = "auto",
     precision: str = "auto",
     cache_dir: Path | None = None,
-    threads: int | None = None,
 ) -> LoadedModel:
     """The model with its card, ready to serve on the chosen backend and precision.
 
@@ -190,7 +193,7 @@ def load_runner(
     if chosen == "openvino":
         card = resolve_card(model_path, labels=labels, thresholds_override=thresholds_override)
         ir = ir_cache_path(cache_dir, card.sha256, card.preprocess.size)
-        if not (ir.exists() and ir.with_suffix(".bin").exists()):
+        if not _complete(ir):
             loaded = load_screening_model(
                 model_path, labels=labels, thresholds_override=thresholds_override
             )
@@ -198,7 +201,7 @@ def load_runner(
             del loaded
         elif model_path is None:
             log.warning("no trained model configured: serving an UNTRAINED network")
-        runner: KerasRunner | OpenVinoRunner = OpenVinoRunner(ir, prec, threads=threads)
+        runner: KerasRunner | OpenVinoRunner = OpenVinoRunner(ir, prec)
     else:
         import keras
 
@@ -210,6 +213,8 @@ def load_runner(
             )
         finally:
             keras.config.set_dtype_policy(previous)
-        card, runner = loaded.card, KerasRunner(loaded.model, prec)
+        card, runner = loaded.card, KerasRunner(loaded.model)
+        if runner.precision != prec:
+            log.warning("%s keeps its saved %s policy", model_path, runner.precision)
     log.info("serving model %s on %s", card.version, runner.describe())
     return LoadedModel(runner, card)
