@@ -3,7 +3,10 @@
 Crash safety: an accepted image's row (status ``queued``, with its destination) is committed
 before the file moves and before the task is sent. A restart re-sends every queued image
 (tasks are idempotent) and finishes a move that a crash interrupted, so nothing is lost and
-nothing is predicted twice.
+nothing is predicted twice. A task can still vanish while the system runs: a worker killed
+after Redis handed it a message, but before it recorded the message as unacknowledged, takes
+the message with it. So the watch loop also re-sends an image that has waited longer than
+``resend_after`` seconds while the inference queue is empty.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.scanner import StabilityTracker, iter_candidates
 from pulmoscreen.db import queries
+from pulmoscreen.db.schema import utcnow
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.dicom import DicomMeta, read_header
 from pulmoscreen.storage import (
@@ -77,12 +83,17 @@ class Ingestor:
         enqueue: Enqueue,
         stable_seconds: float,
         storage_root: Path | None = None,
+        resend_after: float | None = None,
+        queue_depth: Callable[[], int] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.storage_root = storage_root
         self.sessions = sessions
         self.enqueue = enqueue
         self.tracker = StabilityTracker(stable_seconds)
+        self.resend_after = resend_after
+        self.queue_depth = queue_depth
+        self._next_sweep = 0.0
 
     def recover(self) -> int:
         """Re-send every image still queued (after a crash or restart); returns how many."""
@@ -92,6 +103,39 @@ class Ingestor:
             self.enqueue(ids)
             log.info("re-sent %d queued images", len(ids))
         return len(ids)
+
+    def resend_stale(self) -> int:
+        """Re-send images queued for over ``resend_after`` seconds while the inference queue is
+        empty (their task was lost); returns how many. Off when ``resend_after`` is None.
+
+        An image a live worker still holds is sent twice at worst: tasks are idempotent.
+        """
+        if self.resend_after is None:
+            return 0
+        try:
+            if self.queue_depth is not None and self.queue_depth() > 0:
+                return 0  # a backlog: images wait their turn, nothing is known to be lost
+        except Exception as exc:  # the broker is down: try again on the next sweep
+            log.warning("cannot read the inference queue's depth: %s", exc)
+            return 0
+        cutoff = utcnow() - timedelta(seconds=self.resend_after)
+        with self.sessions.begin() as session:
+            ids = queries.claim_stale_queued(session, older_than=cutoff)
+        if ids:
+            self.enqueue(ids)
+            log.warning(
+                "re-sent %d images queued for over %.0fs with the inference queue empty",
+                len(ids),
+                self.resend_after,
+            )
+        return len(ids)
+
+    def maybe_resend_stale(self) -> int:
+        """:meth:`resend_stale`, at most once every quarter of ``resend_after`` (1 to 30 s)."""
+        if self.resend_after is None or time.monotonic() < self._next_sweep:
+            return 0
+        self._next_sweep = time.monotonic() + min(30.0, max(1.0, self.resend_after / 4))
+        return self.resend_stale()
 
     def scan_once(self) -> list[IngestOutcome]:
         """Ingest every candidate that has stopped changing; others wait for a later scan."""
@@ -210,6 +254,7 @@ class Ingestor:
         try:
             while not stop.is_set():
                 self.scan_once()
+                self.maybe_resend_stale()
                 wake.wait(timeout=poll_interval)
                 wake.clear()
         finally:

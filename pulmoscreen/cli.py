@@ -8,7 +8,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import date, datetime
 from pathlib import Path
@@ -60,7 +60,26 @@ def embedded_worker(celery_app: Any) -> Iterator[None]:
         yield
 
 
-def _wait_for_results(sessions: Any, image_ids: list[int], timeout: float) -> bool:
+def make_ingestor(settings: Settings, folder: Path, sessions: Any, celery_app: Any) -> Any:
+    """The drop folder's :class:`ingest.Ingestor`, sending tasks through ``celery_app`` and
+    re-sending those lost with a killed worker."""
+    from ingest import Ingestor
+    from pulmoscreen.queue import enqueue_images, queue_depth
+
+    return Ingestor(
+        folder,
+        sessions=sessions,
+        stable_seconds=settings.stable_seconds,
+        storage_root=settings.storage_root,
+        enqueue=lambda ids: enqueue_images(celery_app, ids),
+        resend_after=settings.resend_after,
+        queue_depth=lambda: queue_depth(celery_app),
+    )
+
+
+def _wait_for_results(
+    sessions: Any, image_ids: list[int], timeout: float, *, tick: Callable[[], object] = bool
+) -> bool:
     from pulmoscreen.db import queries
 
     deadline = time.monotonic() + timeout
@@ -75,6 +94,7 @@ def _wait_for_results(sessions: Any, image_ids: list[int], timeout: float) -> bo
                 return True
             if time.monotonic() > deadline:
                 return False
+            tick()
             time.sleep(0.5)
 
 
@@ -83,9 +103,7 @@ def screen_folder(
 ) -> tuple[list[int], bool]:
     """Ingest everything in ``folder`` and wait for every result: the image ids, and whether
     all of them finished within ``timeout`` seconds."""
-    from ingest import Ingestor
     from pulmoscreen.db import session_factory, upgrade_database
-    from pulmoscreen.queue import enqueue_images
     from worker.app import create_app
 
     url = settings.resolved_database_url()
@@ -93,20 +111,14 @@ def screen_folder(
     sessions = session_factory(url)
     celery_app = create_app(settings)
     with embedded_worker(celery_app) if local_worker else nullcontext():
-        ingestor = Ingestor(
-            folder,
-            sessions=sessions,
-            stable_seconds=settings.stable_seconds,
-            storage_root=settings.storage_root,
-            enqueue=lambda ids: enqueue_images(celery_app, ids),
-        )
+        ingestor = make_ingestor(settings, folder, sessions, celery_app)
         ingestor.recover()
         outcomes = ingestor.scan_once()
         while ingestor.tracker.waiting:
             time.sleep(min(0.5, settings.stable_seconds / 2 or 0.1))
             outcomes += ingestor.scan_once()
         ids = [o.image_id for o in outcomes]
-        return ids, _wait_for_results(sessions, ids, timeout)
+        return ids, _wait_for_results(sessions, ids, timeout, tick=ingestor.maybe_resend_stale)
 
 
 def run_screen(settings: Settings, folder: Path, *, local_worker: bool, timeout: float) -> int:
@@ -216,21 +228,16 @@ def ingest(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Register and enqueue the files in the drop folder (once, or continuously with --watch)."""
-    from ingest import Ingestor
     from pulmoscreen.db import session_factory, upgrade_database
-    from pulmoscreen.queue import enqueue_images, make_celery
+    from pulmoscreen.queue import make_celery
 
     _setup_logging(verbose)
     settings = get_settings()
     url = settings.resolved_database_url()
     upgrade_database(url)
     celery_app = make_celery(settings)
-    ingestor = Ingestor(
-        folder or settings.drop_folder,
-        sessions=session_factory(url),
-        stable_seconds=settings.stable_seconds,
-        storage_root=settings.storage_root,
-        enqueue=lambda ids: enqueue_images(celery_app, ids),
+    ingestor = make_ingestor(
+        settings, folder or settings.drop_folder, session_factory(url), celery_app
     )
     ingestor.recover()
     if not watch:
@@ -365,6 +372,12 @@ def train(
     head_epochs: Annotated[int, typer.Option(help="Frozen-backbone epochs (pretrained).")] = 2,
     batch_size: Annotated[int, typer.Option()] = 32,
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    fine_tune_learning_rate: Annotated[
+        float, typer.Option(help="Learning rate with the backbone unfrozen (pretrained init).")
+    ] = 1e-4,
+    balance: Annotated[
+        str, typer.Option(help="class: balance labels; group: balance (source, label) pairs.")
+    ] = "class",
     size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
     seed: Annotated[int, typer.Option()] = 0,
     patience: Annotated[int, typer.Option(help="Early-stopping patience, epochs.")] = 3,
@@ -393,6 +406,8 @@ def train(
         head_epochs=head_epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        balance=balance,
         size=size,
         seed=seed,
         patience=patience,

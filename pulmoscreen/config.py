@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         900, description="Seconds before Redis redelivers a message a dead worker held."
     )
+    resend_after: int = Field(
+        300,
+        ge=1,
+        description="Seconds an image may stay queued while the inference queue is empty before "
+        "ingest sends its task again (a task lost with a killed worker).",
+    )
     max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
 
     site_timezone: str = Field(

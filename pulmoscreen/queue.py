@@ -57,6 +57,21 @@ def enqueue_images(app: Celery, image_ids: Iterable[int], *, attempt: int = 0) -
     return sent
 
 
+def queue_depth(app: Celery, queue: str = INFERENCE_QUEUE) -> int:
+    """Messages waiting in ``queue`` (not counting those that workers hold unacknowledged).
+
+    A queue the broker does not know has none: Redis drops the key of an empty list.
+    """
+    with app.connection_for_write() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except conn.channel_errors as exc:
+            if str(getattr(exc, "reply_code", "")) == "404":
+                return 0
+            raise
+        return int(declared.message_count)
+
+
 def make_service_celery(
     settings: Settings, *, name: str, queue: str, tasks: Iterable[str]
 ) -> Celery:

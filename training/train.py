@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class TrainConfig:
     imagenet_weights: Path | None = None
     cache_dir: Path | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
+    balance: str = "class"
 
     @property
     def pretrained(self) -> bool:
@@ -70,6 +72,7 @@ class TrainConfig:
             "patience": self.patience,
             "target_sensitivity": self.target_sensitivity,
             "augment": self.augment.to_dict(),
+            "balance": self.balance,
         }
 
 
@@ -89,6 +92,25 @@ def class_weights(labels: NDArray[np.int64], n_classes: int) -> dict[int, float]
     return {
         c: float(total / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)
     }
+
+
+def group_weights(groups: Sequence[str]) -> NDArray[np.float32]:
+    """Per-sample weights ``n / (k * n_g)`` that give each of the ``k`` groups equal weight."""
+    names, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return (len(groups) / (len(names) * counts[index])).astype(np.float32)
+
+
+def sample_weights(
+    samples: Sequence[Sample], labels: NDArray[np.int64], balance: str
+) -> NDArray[np.float32]:
+    """Training weights: ``class`` balances labels; ``group`` balances every (source, label)
+    pair, so a small adult source counts as much as the large paediatric one."""
+    if balance == "class":
+        weights = class_weights(labels, len(LABELS))
+        return np.array([weights[int(c)] for c in labels], dtype=np.float32)
+    if balance == "group":
+        return group_weights([f"{s.source}/{s.label}" for s in samples])
+    raise ValueError(f"balance must be 'class' or 'group', got {balance!r}")
 
 
 def _batches_class() -> type:
@@ -112,7 +134,7 @@ def _batches_class() -> type:
             xb = np.repeat(np.asarray(self.x[idx], dtype=np.float32)[..., None], 3, axis=-1)
             if self.w is None:
                 return xb, self.y[idx]
-            return xb, self.y[idx], self.w[self.y[idx]]
+            return xb, self.y[idx], self.w[idx]
 
         def on_epoch_end(self) -> None:
             if self.shuffle:
@@ -247,11 +269,10 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     splits = prepare_splits(config)
     arrays = split_arrays(config, splits)
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
-    weights = class_weights(y_train, len(LABELS))
-    w_vec = np.array([weights[c] for c in range(len(LABELS))], dtype=np.float32)
+    weights = sample_weights(splits["train"], y_train, config.balance)
     batches = _batches_class()
     train_ds = batches(
-        x_train, y_train, config.batch_size, weights=w_vec, shuffle=True, seed=config.seed
+        x_train, y_train, config.batch_size, weights=weights, shuffle=True, seed=config.seed
     )
     val_ds = batches(x_val, y_val, config.batch_size)
     state_path = config.out / "state.json"

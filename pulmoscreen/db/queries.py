@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select, update
@@ -240,6 +241,26 @@ def queued_image_ids(session: Session) -> list[int]:
             select(Image.id).where(Image.status == ImageStatus.QUEUED.value).order_by(Image.id)
         )
     )
+
+
+def claim_stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[int]:
+    """Queued images untouched since ``older_than`` (their task may have been lost), oldest
+    first; their ``updated_at`` is set to now, so each is claimed at most once a period."""
+    ids = list(
+        session.scalars(
+            select(Image.id)
+            .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
+            .order_by(Image.updated_at, Image.id)
+            .limit(limit)
+        )
+    )
+    if ids:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
+            .values(updated_at=utcnow())
+        )
+    return ids
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 PostgreSQL: 300 studies, every one predicted exactly once, even when a worker is killed."""
 
 import signal
+import threading
 
 import pytest
 
-from ingest import Ingestor
+from pulmoscreen.cli import make_ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import session_factory
-from pulmoscreen.queue import enqueue_images, make_celery
+from pulmoscreen.queue import make_celery
 from tests.factories import make_cxr_dicom
 from tests.integration.conftest import (
     prediction_counts,
@@ -40,6 +41,8 @@ class TestThreeWorkers:
             model_path=tiny_model_path,
             batch_size=8,
             visibility_timeout=20,
+            stable_seconds=0,
+            resend_after=20,
         )
         app = make_celery(settings)
         drop = tmp_path / "inbox"
@@ -47,17 +50,19 @@ class TestThreeWorkers:
             make_cxr_dicom(drop, seed=10_000 + seed, rows=256, cols=256)
         workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2, 3)]
         sessions = session_factory(pg_url)
+        stop = threading.Event()
         try:
             wait_until(
                 lambda: len(app.control.ping(timeout=1.0)) == 3, timeout=180, what="3 workers"
             )
-            ingestor = Ingestor(
-                drop,
-                sessions=sessions,
-                stable_seconds=0,
-                enqueue=lambda ids: enqueue_images(app, ids),
-            )
+            # The ingest service as deployed: it also re-sends what a killed worker took with it
+            # (a message Redis handed over that the worker had not yet recorded as unacked).
+            ingestor = make_ingestor(settings, drop, sessions, app)
             assert len(ingestor.scan_once()) == N_STUDIES
+            watcher = threading.Thread(
+                target=ingestor.watch, args=(stop,), kwargs={"poll_interval": 1.0}, daemon=True
+            )
+            watcher.start()
 
             def all_took_part() -> bool:
                 return len(prediction_counts(sessions)[2]) == 3
@@ -73,6 +78,7 @@ class TestThreeWorkers:
                 logs=[tmp_path / f"w{i}.log" for i in (1, 2, 3)],
             )
         finally:
+            stop.set()
             stop_processes(workers)
         queued, per_image, by_worker = prediction_counts(sessions)
         assert queued == 0

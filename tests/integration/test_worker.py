@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from ingest import Ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, ModelRow, PredictionRow, session_factory
-from pulmoscreen.queue import enqueue_images
+from pulmoscreen.queue import enqueue_images, queue_depth
 from tests.factories import make_cxr_dicom
 from tests.integration.conftest import wait_until
 from worker.app import create_app
@@ -67,3 +67,50 @@ class TestBatchedInferenceTask:
         with sessions() as session:
             stored = session.scalars(select(Image.stored_path).where(Image.status == "predicted"))
             assert all(p.startswith("inbox/processed/") for p in stored)
+
+
+class TestLostTask:
+    def test_image_whose_message_vanished_is_sent_again_and_predicted_once(
+        self, pg_url, redis_url, tiny_model_path, tmp_path
+    ):
+        """The message never reaches Redis (as when a killed worker took it with it): the
+        ingest sweep sends it again once the queue is empty, and a real worker predicts it."""
+        settings = Settings(
+            database_url=pg_url,
+            broker_url=redis_url,
+            model_path=tiny_model_path,
+            batch_size=4,
+            flush_interval=0.3,
+            storage_root=tmp_path,
+        )
+        sessions = session_factory(pg_url)
+        app = create_app(settings)
+        drop = tmp_path / "inbox"
+        make_cxr_dicom(drop, seed=300)
+        make_cxr_dicom(drop, seed=301)
+        lost: list[int] = []
+        ingestor = Ingestor(
+            drop,
+            sessions=sessions,
+            stable_seconds=0,
+            storage_root=tmp_path,
+            enqueue=lambda ids: enqueue_images(app, ids) if lost else lost.extend(ids),
+            resend_after=1.0,
+            queue_depth=lambda: queue_depth(app),
+        )
+        outcomes = ingestor.scan_once()
+        assert len(lost) == 1  # the first image's message is dropped; the second is sent
+        assert queue_depth(app) == 1
+        queued = select(func.count()).select_from(Image).where(Image.status == "queued")
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+            wait_until(lambda: count(sessions, queued) == 1, timeout=120, what="the sent image")
+            assert queue_depth(app) == 0
+            wait_until(
+                lambda: ingestor.maybe_resend_stale() >= 0 and count(sessions, queued) == 0,
+                timeout=60,
+                what="the lost image, sent again",
+            )
+        per_image = select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+        with sessions() as session:
+            counts = dict(session.execute(per_image).all())
+        assert counts == {o.image_id: 1 for o in outcomes}

@@ -250,3 +250,63 @@ class TestStoragePaths:
         assert to_stored_path(outside, root) == str(outside)
         assert resolve_stored_path(str(outside), root) == outside
         assert to_stored_path(inside, None) == str(inside)
+
+
+class TestResendLost:
+    """A task lost with a killed worker is sent again once the queue has drained."""
+
+    def make(self, drop, sqlite_url, sent, depth):
+        return Ingestor(
+            drop,
+            sessions=session_factory(sqlite_url),
+            enqueue=sent.extend,
+            stable_seconds=0,
+            resend_after=0.2,
+            queue_depth=lambda: depth[0],
+        )
+
+    def test_resends_only_stale_images_with_the_queue_empty(self, drop, sqlite_url, sent):
+        depth = [0]
+        ingestor = self.make(drop, sqlite_url, sent, depth)
+        make_cxr_dicom(drop, seed=1)
+        make_cxr_dicom(drop, seed=2)
+        first, second = (o.image_id for o in ingestor.scan_once())
+        assert ingestor.resend_stale() == 0  # not stale yet
+        time.sleep(0.3)
+        depth[0] = 5
+        assert ingestor.resend_stale() == 0  # a backlog: images are waiting, not lost
+        depth[0] = 0
+        with ingestor.sessions.begin() as session:
+            session.get(Image, second).status = "predicted"
+        sent.clear()
+        assert ingestor.resend_stale() == 1
+        assert sent == [first]
+        assert ingestor.resend_stale() == 0  # claimed: waits a full period again
+        time.sleep(0.3)
+        assert ingestor.resend_stale() == 1
+        assert sent == [first, first]
+
+    def test_broker_down_skips_the_sweep(self, drop, sqlite_url, sent):
+        def down():
+            raise ConnectionError("broker unreachable")
+
+        ingestor = Ingestor(
+            drop,
+            sessions=session_factory(sqlite_url),
+            enqueue=sent.extend,
+            stable_seconds=0,
+            resend_after=0.01,
+            queue_depth=down,
+        )
+        make_cxr_dicom(drop, seed=3)
+        ingestor.scan_once()
+        time.sleep(0.05)
+        sent.clear()
+        assert ingestor.resend_stale() == 0
+        assert sent == []
+
+    def test_off_without_a_period(self, drop, ingestor, sent):
+        make_cxr_dicom(drop, seed=4)
+        ingestor.scan_once()
+        assert ingestor.resend_stale() == 0
+        assert ingestor.maybe_resend_stale() == 0

@@ -66,3 +66,37 @@ class TestDiscover:
         found = discover([root])
         assert sorted(s.label for s in found) == ["normal", "tuberculosis"]
         assert {s.source for s in found} == {"siteA"}
+
+
+class TestSampleWeights:
+    """Hand-computed: weights are n / (k * n_group), so every group sums to n / k."""
+
+    def samples(self, groups):
+        return [
+            Sample(Path(f"{source}/{label}/{i}.png"), label, source, f"p{i}", f"s{i}")
+            for i, (source, label) in enumerate(groups)
+        ]
+
+    def test_class_balance(self):
+        from training.train import sample_weights
+
+        labels = np.array([0, 0, 0, 2])  # 3 normal, 1 tuberculosis; pneumonia absent
+        got = sample_weights(
+            self.samples([("a", "normal")] * 3 + [("b", "tuberculosis")]), labels, "class"
+        )
+        np.testing.assert_allclose(got, [4 / 9, 4 / 9, 4 / 9, 4 / 3])
+
+    def test_group_balance_weighs_each_source_label_pair_equally(self):
+        from training.train import sample_weights
+
+        groups = [("kermany", "pneumonia")] * 6 + [("nih", "pneumonia")] * 2 + [("tb", "normal")]
+        labels = np.array([1] * 8 + [0])
+        got = sample_weights(self.samples(groups), labels, "group")
+        np.testing.assert_allclose(got, [0.5] * 6 + [1.5] * 2 + [3.0])
+        assert got[:6].sum() == pytest.approx(got[6:8].sum()) == pytest.approx(got[8])
+
+    def test_unknown_balance_is_refused(self):
+        from training.train import sample_weights
+
+        with pytest.raises(ValueError, match="balance"):
+            sample_weights(self.samples([("a", "normal")]), np.array([0]), "source")
