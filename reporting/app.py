@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> Celery:
     @app.task(
         name=REPORT_TASK,
         acks_late=True,
+        shared=False,  # each app runs its own settings (see worker.app)
         autoretry_for=(OperationalError,),
         retry_backoff=True,
         retry_jitter=True,

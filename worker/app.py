@@ -28,6 +28,9 @@ def create_app(settings: Settings) -> Celery:
         flush_every=settings.batch_size,
         flush_interval=settings.flush_interval,
         acks_late=True,
+        # Not shared: a shared task would join every app created later in this process, and
+        # such an app would run this closure, with these settings, instead of its own.
+        shared=False,
     )
     def predict_image(requests: list[SimpleRequest]) -> None:
         attempts = {int(r.args[0]): int(r.args[1]) if len(r.args) > 1 else 0 for r in requests}
