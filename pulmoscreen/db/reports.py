@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,7 @@ from pulmoscreen.db.schema import (
     PredictionRow,
     ReportRow,
     SiteSettingsRow,
+    SiteUtcOffsetRow,
     Study,
     utcnow,
 )
@@ -118,12 +120,53 @@ def report_rows(session: Session) -> Sequence[ReportRow]:
     return session.scalars(select(ReportRow).order_by(ReportRow.report_date)).all()
 
 
+#: Offset changes are tabulated from 1970 to 2100 (UTC); the first row stands for all before.
+_OFFSET_SPAN = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+_FIRST_ROW = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@cache
+def utc_offset_periods(tz_name: str) -> tuple[tuple[datetime, int], ...]:
+    """``(valid_from, minutes east of UTC)`` at every change of ``tz_name``'s offset."""
+    zone = ZoneInfo(tz_name)
+
+    def minutes(ts: int) -> int:
+        offset = datetime.fromtimestamp(ts, zone).utcoffset()
+        return int(offset.total_seconds() // 60) if offset is not None else 0
+
+    day = 86_400
+    ts, end = (int(t.timestamp()) for t in _OFFSET_SPAN)
+    periods = [(_FIRST_ROW, minutes(ts))]
+    while ts < end:
+        if minutes(ts + day) != minutes(ts):
+            lo, hi = ts, ts + day  # the change lies in (lo, hi]: find its second
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if minutes(mid) == minutes(lo) else (lo, mid)
+            periods.append((datetime.fromtimestamp(hi, UTC), minutes(hi)))
+        ts += day
+    return tuple(periods)
+
+
+def store_utc_offsets(session: Session, tz_name: str) -> None:
+    """Replace the ``site_utc_offsets`` table with ``tz_name``'s offset periods."""
+    session.execute(delete(SiteUtcOffsetRow))
+    session.execute(
+        insert(SiteUtcOffsetRow),
+        [{"valid_from": f, "utc_offset_minutes": m} for f, m in utc_offset_periods(tz_name)],
+    )
+
+
 def set_site_timezone(session: Session, tz_name: str, *, now: datetime | None = None) -> None:
-    """Record the site's time zone for the SQL views (and its current offset, for SQLite)."""
+    """Record the site's time zone for the SQL views: its name (PostgreSQL converts with it),
+    its current offset, and the table of its offsets over time (SQLite looks each file up)."""
     offset = (now or utcnow()).astimezone(ZoneInfo(tz_name)).utcoffset()
     minutes = int(offset.total_seconds() // 60) if offset is not None else 0
     row = session.get(SiteSettingsRow, 1)
+    stale = row is None or row.timezone != tz_name
     if row is None:
         session.add(SiteSettingsRow(id=1, timezone=tz_name, utc_offset_minutes=minutes))
     elif (row.timezone, row.utc_offset_minutes) != (tz_name, minutes):
         row.timezone, row.utc_offset_minutes, row.updated_at = tz_name, minutes, utcnow()
+    if stale or session.scalar(select(func.count()).select_from(SiteUtcOffsetRow)) == 0:
+        store_utc_offsets(session, tz_name)

@@ -137,6 +137,16 @@ class ReportRow(Base):
     model_versions: Mapped[list[str]] = mapped_column(JSON)
 
 
+class SiteUtcOffsetRow(Base):
+    """The site zone's UTC offset from ``valid_from`` (UTC) until the next row's: SQLite knows
+    no named zones, so its views look a file's offset up here (daylight saving included)."""
+
+    __tablename__ = "site_utc_offsets"
+
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    utc_offset_minutes: Mapped[int] = mapped_column(Integer)
+
+
 class SiteSettingsRow(Base):
     """The site's time zone, one row; the SQL views use it to put each file on a local day."""
 
