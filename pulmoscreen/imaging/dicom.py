@@ -11,6 +11,8 @@ chest files lack BodyPartExamined or ViewPosition):
   other texts longer than the standard allows are cut (see ``MAX_CHARS``), never rejected;
 - (0008,0060) Modality, when present, must be CR, DX or DR (``wrong_modality``);
 - (0018,0015) BodyPartExamined, when present and not empty, must name the chest (``not_chest``);
+  without it, a study, series, protocol or procedure description that names another part of
+  the body (teeth, skull, hand, knee...) and not the chest is ``not_chest`` too;
 - (0018,5101) ViewPosition, when present, must not be lateral or oblique (``not_frontal``);
 - (0028,0008) NumberOfFrames above 1 is a cine or stack, not a radiograph (``multiframe``);
 - (0028,0010) Rows and (0028,0011) Columns must both be at least ``MIN_SIDE`` (``too_small``)
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -63,6 +66,26 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})
 CHEST_BODY_PART_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULMO")
+# Free-text descriptions read when BodyPartExamined is absent. A description that names one of
+# the words of NON_CHEST_ANATOMY (whole words) and no chest word is another examination.
+DESCRIPTION_KEYWORDS = (
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+)
+# fmt: off
+NON_CHEST_ANATOMY = frozenset({
+    "TEETH", "TOOTH", "DENTAL", "DENTITION", "PANORAMIC", "OPG", "CEPHALOMETRIC", "SKULL",
+    "HEAD", "FACE", "FACIAL", "SINUS", "SINUSES", "ORBIT", "ORBITS", "MANDIBLE", "JAW", "NASAL",
+    "CERVICAL", "LUMBAR", "LUMBOSACRAL", "SACRUM", "COCCYX", "PELVIS", "PELVIC", "HIP", "HIPS",
+    "FEMUR", "KNEE", "KNEES", "PATELLA", "TIBIA", "FIBULA", "LEG", "ANKLE", "FOOT", "FEET",
+    "TOE", "TOES", "HEEL", "CALCANEUS", "HAND", "HANDS", "FINGER", "FINGERS", "THUMB", "WRIST",
+    "FOREARM", "ELBOW", "HUMERUS", "SHOULDER", "ABDOMEN", "ABDOMINAL", "KUB", "BREAST",
+    "MAMMOGRAPHY", "MAMMO", "EXTREMITY", "EXTREMITIES",
+})
+# fmt: on
 NON_FRONTAL_VIEWS = frozenset(
     {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "OBL"}
 )
@@ -100,6 +123,8 @@ class DicomMeta:
     rows: int
     cols: int
     transfer_syntax: str | None
+    #: study/series/protocol/procedure descriptions, upper case (read, never stored or logged)
+    descriptions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,6 +253,9 @@ def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
         rows=int(ds.get("Rows") or 0),
         cols=int(ds.get("Columns") or 0),
         transfer_syntax=str(tsyntax)[:MAX_UID_CHARS] if tsyntax else None,
+        descriptions=tuple(
+            text.upper()[:64] for k in DESCRIPTION_KEYWORDS if (text := _text(ds, k))
+        ),
     )
 
 
@@ -270,12 +298,26 @@ def check_size(meta: DicomMeta, *, frames: int = 1) -> None:
         )
 
 
+def described_anatomy(descriptions: tuple[str, ...]) -> str | None:
+    """The first non-chest body part the descriptions name, or None when they name none, or
+    name the chest anywhere (a chest examination may mention other parts)."""
+    if any(w in text for text in descriptions for w in CHEST_BODY_PART_WORDS):
+        return None
+    for text in descriptions:
+        for word in re.split(r"[^A-Z]+", text):
+            if word in NON_CHEST_ANATOMY:
+                return word
+    return None
+
+
 def validate_meta(meta: DicomMeta, *, frames: int = 1) -> None:
     """Raise :class:`Rejected` when the header says this is not a screenable chest radiograph."""
     if meta.modality is not None and meta.modality not in CHEST_MODALITIES:
         raise Rejected(RejectReason.WRONG_MODALITY, f"Modality {meta.modality} is not CR/DX/DR")
     if meta.body_part is not None and not any(w in meta.body_part for w in CHEST_BODY_PART_WORDS):
         raise Rejected(RejectReason.NOT_CHEST, f"BodyPartExamined is {meta.body_part}")
+    if meta.body_part is None and (part := described_anatomy(meta.descriptions)) is not None:
+        raise Rejected(RejectReason.NOT_CHEST, f"no BodyPartExamined; the description names {part}")
     if meta.view_position in NON_FRONTAL_VIEWS:
         raise Rejected(RejectReason.NOT_FRONTAL, f"ViewPosition is {meta.view_position}")
     if frames > 1:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 SHARED_DICOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 SHARED_EXPECTED = {
     "chest_cr/siim_acr_chest_jpeg_baseline.dcm": PREDICTED,
-    "other_cr/CR-ModalitySequenceLUT.dcm": PREDICTED,  # no BodyPartExamined: accepted
+    "other_cr/CR-ModalitySequenceLUT.dcm": "not_chest",  # no BodyPartExamined; "TEETH"
     **{f"other_cr/RG2_{enc}": "not_chest" for enc in ("J2KI", "J2KR", "JLSL", "JLSN", "JPLY")},
     "codec_fixtures/JPEGLSNearLossless_16.dcm": "missing_uid",
 }

@@ -106,6 +106,35 @@ class TestReadHeader:
         path = make_cxr_dicom(tmp_path, **tags)
         assert reason_of(read_header, path) == reason
 
+    @pytest.mark.parametrize(
+        ("tags", "part"),
+        [
+            ({"StudyDescription": "MODALITYLUT - TEETH"}, "TEETH"),
+            ({"SeriesDescription": "Knee AP/Lat"}, "KNEE"),
+            ({"ProtocolName": "HAND_PA", "StudyDescription": "Trauma"}, "HAND"),
+        ],
+    )
+    def test_description_naming_another_body_part_without_body_part(self, tmp_path, tags, part):
+        path = make_cxr_dicom(tmp_path, BodyPartExamined="", **tags)
+        with pytest.raises(Rejected) as caught:
+            read_header(path)
+        assert caught.value.reason == RejectReason.NOT_CHEST
+        assert caught.value.detail == f"no BodyPartExamined; the description names {part}"
+
+    @pytest.mark.parametrize(
+        "tags",
+        [
+            {"StudyDescription": "CHEST PA"},
+            {"StudyDescription": "Thorax pa, hand on hip", "ProtocolName": "X"},  # chest wins
+            {"StudyDescription": "SHOULDER", "BodyPartExamined": "CHEST"},  # the code wins
+            {"SeriesDescription": "PA ERECT", "ProtocolName": "HIPPOCRATES"},  # whole words
+            {"StudyDescription": ""},
+        ],
+    )
+    def test_descriptions_that_do_not_rule_out_a_chest(self, tmp_path, tags):
+        path = make_cxr_dicom(tmp_path, **({"BodyPartExamined": ""} | tags))
+        assert read_header(path).sop_uid
+
     def test_missing_optional_tags_are_accepted(self, tmp_path):
         path = make_cxr_dicom(tmp_path, BodyPartExamined="", ViewPosition="")
         assert read_header(path).body_part is None

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(
 # What the screening rules say about each file: None = accepted.
 EXPECTED = {
     "chest_cr/siim_acr_chest_jpeg_baseline.dcm": None,
-    "other_cr/CR-ModalitySequenceLUT.dcm": None,  # CR without BodyPartExamined: not an error
+    # CR without BodyPartExamined, but its descriptions say "MODALITYLUT - TEETH"
+    "other_cr/CR-ModalitySequenceLUT.dcm": RejectReason.NOT_CHEST,
     "other_cr/RG2_J2KI": RejectReason.NOT_CHEST,
     "other_cr/RG2_J2KR": RejectReason.NOT_CHEST,
     "other_cr/RG2_JLSL": RejectReason.NOT_CHEST,
