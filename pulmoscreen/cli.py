@@ -364,7 +364,7 @@ def demo(
 def train(
     data: Annotated[list[Path], typer.Option(help="Folder of <label>/<image> files; repeatable.")],
     out: Annotated[Path, typer.Option(help="Run folder: splits, checkpoints, model, metrics.")],
-    init: Annotated[str, typer.Option(help="scratch, imagenet, or a .keras model path.")] = (
+    init: Annotated[str, typer.Option(help="scratch, imagenet, or a .keras/.npz model path.")] = (
         "scratch"
     ),
     arch: Annotated[str, typer.Option(help="resnet50, or tiny for dry runs.")] = "resnet50",
@@ -378,6 +378,10 @@ def train(
     balance: Annotated[
         str, typer.Option(help="class: balance labels; group: balance (source, label) pairs.")
     ] = "class",
+    average_with: Annotated[
+        Path | None,
+        typer.Option(help="Ship the average of the best weights and this model's (.keras/.npz)."),
+    ] = None,
     size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
     seed: Annotated[int, typer.Option()] = 0,
     patience: Annotated[int, typer.Option(help="Early-stopping patience, epochs.")] = 3,
@@ -408,6 +412,7 @@ def train(
         learning_rate=learning_rate,
         fine_tune_learning_rate=fine_tune_learning_rate,
         balance=balance,
+        average_with=average_with,
         size=size,
         seed=seed,
         patience=patience,

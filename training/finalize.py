@@ -19,7 +19,7 @@ from pulmoscreen.model.card import sha256_file
 from training.evaluate import predict_samples, write_report
 from training.metrics import threshold_for_sensitivity
 from training.model_card import INTENDED_USE, LIMITATIONS, render_model_card
-from training.train import TrainConfig, load_splits, split_arrays
+from training.train import TrainConfig, load_splits, load_trained, split_arrays
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ def choose_thresholds(true_labels: list[str], probs: np.ndarray, target: float) 
         found = threshold_for_sensitivity(probs[:, c], positive, target)
         thresholds[disease] = round(found, 6) if found is not None else 0.5
     return thresholds
+
+
+def _lineage(config: TrainConfig) -> dict[str, str]:
+    """Versions of the trained models this one started from or was averaged with (from their
+    cards), so the card still names them after a new model replaces the file."""
+    found = {}
+    for role, path in (("init", config.init), ("average_with", config.average_with)):
+        if path is None or str(path) in ("scratch", "imagenet"):
+            continue
+        card = card_path_for(Path(path))
+        if card.exists():
+            found[role] = str(json.loads(card.read_text()).get("version", "unknown"))
+    return found
 
 
 def _counts(splits: dict[str, list[Any]]) -> dict[str, dict[str, int]]:
@@ -53,6 +66,12 @@ def finalize(config: TrainConfig) -> ModelCard:
     arrays = split_arrays(config, splits)
     spec = PreprocessSpec(size=config.size)
     best = keras.models.load_model(config.out / "best.keras", compile=False)
+    if config.average_with is not None:
+        # A "model soup": the uniform average of the fine-tuned weights and those it started
+        # from (same architecture, same initial run), often better than either on new data.
+        other = load_trained(config.average_with).get_weights()
+        best.set_weights([(a + b) / 2 for a, b in zip(best.get_weights(), other, strict=True)])
+        log.info("averaged the weights with %s", config.average_with)
     model_path = config.out / MODEL_FILE
     save_compact(best, model_path)
     state = json.loads((config.out / "state.json").read_text())
@@ -79,6 +98,7 @@ def finalize(config: TrainConfig) -> ModelCard:
             "arch": config.arch,
             "created": created.isoformat(timespec="seconds"),
             "training": config.to_dict(),
+            "lineage": _lineage(config),
             "precision": state.get("precision", "float32"),
             "history": state.get("history", []),
             "data_counts": _counts(splits),

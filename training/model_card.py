@@ -72,6 +72,10 @@ def render_model_card(card: ModelCard) -> str:
         "",
         f"- Architecture: {d.get('arch', 'resnet50')} with a softmax head over "
         f"{', '.join(card.labels)}; initialisation: {training.get('init', 'n/a')}.",
+        *(
+            f"- {role.replace('_', ' ')}: model {version}."
+            for role, version in d.get("lineage", {}).items()
+        ),
         f"- Input: display pixels -> area resize to {card.preprocess.size} px, per-image "
         f"percentile clip {card.preprocess.clip_percentiles} -> 0..255, grey repeated into "
         f"{card.preprocess.channels} channels (`to_model_input`, the same code as serving).",

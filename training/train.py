@@ -52,6 +52,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     balance: str = "class"
+    average_with: Path | None = None
 
     @property
     def pretrained(self) -> bool:
@@ -73,6 +74,7 @@ class TrainConfig:
             "target_sensitivity": self.target_sensitivity,
             "augment": self.augment.to_dict(),
             "balance": self.balance,
+            "average_with": str(self.average_with) if self.average_with else None,
         }
 
 
@@ -235,6 +237,20 @@ def _compile(model: Any, learning_rate: float, steps: int) -> None:
     )
 
 
+def load_trained(path: Path) -> Any:
+    """A trained screening model to start from or average with: a ``.keras`` file as saved, or
+    the shipped compact ``.npz`` rebuilt under the current dtype policy (bf16 where it trains)."""
+    from pulmoscreen.model import build_model, load_screening_model
+    from pulmoscreen.model.build import COMPACT_SUFFIX, _architecture
+
+    if path.suffix != COMPACT_SUFFIX:
+        return build_model(LABELS, weights=path)
+    loaded = load_screening_model(path, labels=LABELS)
+    model = _architecture(loaded.card)
+    model.set_weights(loaded.model.get_weights())
+    return model
+
+
 def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:
     import keras
 
@@ -242,7 +258,7 @@ def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:
     from pulmoscreen.model.build import build_tiny_model
 
     if config.init not in ("scratch", "imagenet"):
-        serving = build_model(LABELS, weights=Path(config.init))  # a trained .keras model
+        serving = load_trained(Path(config.init))
     elif config.arch == "tiny":
         serving = build_tiny_model(LABELS, input_size=config.size)
     else:

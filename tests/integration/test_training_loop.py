@@ -37,6 +37,64 @@ def make_dataset(root: Path, per_label: int = 24) -> None:
     make_cxr_dicom(root / "normal", seed=77, rows=256, cols=256, filename="person999_dcm.dcm")
 
 
+def train_tiny(data: Path, run: Path, env: dict[str, str], *extra: str):
+    return run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--arch",
+        "tiny",
+        "--size",
+        "32",
+        "--learning-rate",
+        "0.01",
+        *extra,
+        env=env,
+        cwd=run.parent,
+    )
+
+
+class TestContinueAndAverage:
+    def test_from_a_shipped_model_with_group_weights_then_averaged(self, tmp_path):
+        import keras
+
+        data = tmp_path / "site"
+        make_dataset(data)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        first, second = tmp_path / "first", tmp_path / "second"
+        done = train_tiny(data, first, env, "--epochs", "2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        parent = first / "pulmoscreen_resnet50.npz"
+        done = train_tiny(
+            data,
+            second,
+            env,
+            "--epochs",
+            "2",
+            "--head-epochs",
+            "0",
+            "--init",
+            str(parent),
+            "--balance",
+            "group",
+            "--average-with",
+            str(parent),
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        version = json.loads((first / "pulmoscreen_resnet50.card.json").read_text())["version"]
+        card = json.loads((second / "pulmoscreen_resnet50.card.json").read_text())
+        assert card["details"]["lineage"] == {"init": version, "average_with": version}
+        assert card["details"]["training"]["balance"] == "group"
+        # the shipped weights are the mean of the best checkpoint's and the parent's
+        best = keras.models.load_model(second / "best.keras", compile=False).get_weights()
+        with np.load(parent) as p, np.load(second / "pulmoscreen_resnet50.npz") as s:
+            for i, w in enumerate(best):
+                mean = (w + p[f"w{i:04d}"].astype(np.float32)) / 2
+                np.testing.assert_allclose(s[f"w{i:04d}"], mean, rtol=2e-3, atol=1e-3)
+
+
 class TestTrainEvaluateServe:
     def test_loop(self, tmp_path):
         data, run = tmp_path / "site", tmp_path / "run"
