@@ -100,23 +100,7 @@ class TestTrainEvaluateServe:
         data, run = tmp_path / "site", tmp_path / "run"
         make_dataset(data)
         env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
-        trained = run_cli(
-            "train",
-            "--data",
-            str(data),
-            "--out",
-            str(run),
-            "--arch",
-            "tiny",
-            "--size",
-            "32",
-            "--epochs",
-            "4",
-            "--learning-rate",
-            "0.01",
-            env=env,
-            cwd=tmp_path,
-        )
+        trained = train_tiny(data, run, env, "--epochs", "4")
         assert trained.returncode == 0, trained.stdout + trained.stderr
         model = run / "pulmoscreen_resnet50.npz"
         card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())

@@ -15,6 +15,18 @@ from worker.app import create_app
 pytestmark = pytest.mark.integration
 
 
+def worker_settings(pg_url, redis_url, tiny_model_path, tmp_path):
+    """Small batches flushed quickly, paths stored relative to ``tmp_path``."""
+    return Settings(
+        database_url=pg_url,
+        broker_url=redis_url,
+        model_path=tiny_model_path,
+        batch_size=4,
+        flush_interval=0.3,
+        storage_root=tmp_path,
+    )
+
+
 def count(sessions, stmt):
     with sessions() as session:
         return session.scalar(stmt)
@@ -24,14 +36,7 @@ class TestBatchedInferenceTask:
     def test_each_image_predicted_once_even_when_sent_twice(
         self, pg_url, redis_url, tiny_model_path, tmp_path
     ):
-        settings = Settings(
-            database_url=pg_url,
-            broker_url=redis_url,
-            model_path=tiny_model_path,
-            batch_size=4,
-            flush_interval=0.3,
-            storage_root=tmp_path,
-        )
+        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
         sessions = session_factory(pg_url)
         app = create_app(settings)
         drop = tmp_path / "inbox"
@@ -75,14 +80,7 @@ class TestLostTask:
     ):
         """The message never reaches Redis (as when a killed worker took it with it): the
         ingest sweep sends it again once the queue is empty, and a real worker predicts it."""
-        settings = Settings(
-            database_url=pg_url,
-            broker_url=redis_url,
-            model_path=tiny_model_path,
-            batch_size=4,
-            flush_interval=0.3,
-            storage_root=tmp_path,
-        )
+        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
         sessions = session_factory(pg_url)
         app = create_app(settings)
         drop = tmp_path / "inbox"
