@@ -239,16 +239,13 @@ def _compile(model: Any, learning_rate: float, steps: int) -> None:
 
 def load_trained(path: Path) -> Any:
     """A trained screening model to start from or average with: a ``.keras`` file as saved, or
-    the shipped compact ``.npz`` rebuilt under the current dtype policy (bf16 where it trains)."""
+    a shipped compact ``.npz`` (with its card), built under the current dtype policy."""
     from pulmoscreen.model import build_model, load_screening_model
-    from pulmoscreen.model.build import COMPACT_SUFFIX, _architecture
+    from pulmoscreen.model.build import COMPACT_SUFFIX
 
     if path.suffix != COMPACT_SUFFIX:
         return build_model(LABELS, weights=path)
-    loaded = load_screening_model(path, labels=LABELS)
-    model = _architecture(loaded.card)
-    model.set_weights(loaded.model.get_weights())
-    return model
+    return load_screening_model(path, labels=LABELS).model
 
 
 def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:

@@ -125,14 +125,19 @@ _OFFSET_SPAN = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UT
 _FIRST_ROW = datetime(1900, 1, 1, tzinfo=UTC)
 
 
+def _offset_minutes(moment: datetime) -> int:
+    """Minutes east of UTC of an aware ``moment`` (0 when its zone gives no offset)."""
+    offset = moment.utcoffset()
+    return int(offset.total_seconds() // 60) if offset is not None else 0
+
+
 @cache
 def utc_offset_periods(tz_name: str) -> tuple[tuple[datetime, int], ...]:
     """``(valid_from, minutes east of UTC)`` at every change of ``tz_name``'s offset."""
     zone = ZoneInfo(tz_name)
 
     def minutes(ts: int) -> int:
-        offset = datetime.fromtimestamp(ts, zone).utcoffset()
-        return int(offset.total_seconds() // 60) if offset is not None else 0
+        return _offset_minutes(datetime.fromtimestamp(ts, zone))
 
     day = 86_400
     ts, end = (int(t.timestamp()) for t in _OFFSET_SPAN)
@@ -160,8 +165,7 @@ def store_utc_offsets(session: Session, tz_name: str) -> None:
 def set_site_timezone(session: Session, tz_name: str, *, now: datetime | None = None) -> None:
     """Record the site's time zone for the SQL views: its name (PostgreSQL converts with it),
     its current offset, and the table of its offsets over time (SQLite looks each file up)."""
-    offset = (now or utcnow()).astimezone(ZoneInfo(tz_name)).utcoffset()
-    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    minutes = _offset_minutes((now or utcnow()).astimezone(ZoneInfo(tz_name)))
     row = session.get(SiteSettingsRow, 1)
     stale = row is None or row.timezone != tz_name
     if row is None:
