@@ -390,6 +390,10 @@ def train(
     shift: Annotated[float, typer.Option(help="Max width/height shift fraction (0: off).")] = 0.1,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     target_sensitivity: Annotated[float, typer.Option(help="Per-disease threshold goal.")] = 0.9,
+    threshold_confidence: Annotated[
+        float,
+        typer.Option(help="Confidence that validation sensitivity reaches the goal (0: observed)."),
+    ] = 0.95,
     precision: Annotated[str, typer.Option(help="auto, float32 or mixed_bfloat16.")] = "auto",
     cache_dir: Annotated[Path | None, typer.Option(help="Preprocessed-input cache.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT.")] = False,
@@ -417,6 +421,7 @@ def train(
         seed=seed,
         patience=patience,
         target_sensitivity=target_sensitivity,
+        threshold_confidence=threshold_confidence,
         precision=precision,
         imagenet_weights=settings.imagenet_weights,
         cache_dir=cache_dir,
@@ -429,6 +434,36 @@ def train(
 
     card = finalize(config)
     console.print(f"model {card.version} written to {out}")
+
+
+@app.command()
+def rethreshold(
+    model: Annotated[Path, typer.Option(help="Trained model (.npz) with its card.")],
+    out: Annotated[Path, typer.Option(help="Folder for the model, its new card and test/.")],
+    target_sensitivity: Annotated[float, typer.Option(help="Per-disease threshold goal.")] = 0.9,
+    threshold_confidence: Annotated[
+        float,
+        typer.Option(help="Confidence that validation sensitivity reaches the goal (0: observed)."),
+    ] = 0.95,
+    cache_dir: Annotated[Path | None, typer.Option(help="Preprocessed-input cache.")] = None,
+) -> None:
+    """Choose a trained model's flag thresholds again, on the validation split of its own
+    training data (rebuilt from its card and checked), and re-run the held-out test."""
+    from training.finalize import rethreshold as run_rethreshold
+
+    _setup_logging(True)
+    try:
+        card = run_rethreshold(
+            model,
+            out,
+            target=target_sensitivity,
+            confidence=threshold_confidence,
+            cache_dir=cache_dir,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    console.print(f"model {card.version} (thresholds {card.thresholds}) written to {out}")
 
 
 @app.command()

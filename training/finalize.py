@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +18,14 @@ from pulmoscreen.imaging import PreprocessSpec
 from pulmoscreen.model import LoadedModel, ModelCard, card_path_for, load_screening_model
 from pulmoscreen.model.build import save_compact
 from pulmoscreen.model.card import sha256_file
+from training.dataset import discover, split_samples
 from training.evaluate import predict_samples, write_report
-from training.metrics import threshold_for_sensitivity
+from training.images import cached_inputs
+from training.metrics import (
+    sensitivity_specificity,
+    threshold_for_sensitivity,
+    wilson_lower_bound,
+)
 from training.model_card import INTENDED_USE, LIMITATIONS, render_model_card
 from training.train import TrainConfig, load_splits, load_trained, split_arrays
 
@@ -26,15 +34,61 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "pulmoscreen_resnet50.npz"
 
 
-def choose_thresholds(true_labels: list[str], probs: np.ndarray, target: float) -> dict[str, float]:
-    """Per disease, the highest threshold that keeps validation sensitivity >= ``target``."""
+def choose_thresholds(
+    true_labels: list[str], probs: np.ndarray, target: float, confidence: float = 0.0
+) -> dict[str, float]:
+    """Per disease, the highest threshold that keeps validation sensitivity >= ``target``
+    (its lower confidence bound, with ``confidence`` > 0)."""
     thresholds = {}
     for disease in DISEASE_LABELS:
         c = LABELS.index(disease)
         positive = np.array([t == disease for t in true_labels])
-        found = threshold_for_sensitivity(probs[:, c], positive, target)
+        found = threshold_for_sensitivity(probs[:, c], positive, target, confidence)
         thresholds[disease] = round(found, 6) if found is not None else 0.5
     return thresholds
+
+
+def threshold_rule(target: float, confidence: float) -> str:
+    if confidence > 0:
+        return (
+            f"per disease, the highest threshold at which the one-sided {confidence:.0%} lower "
+            f"confidence bound (Wilson) of validation sensitivity is >= {target:.2f}; "
+            "flag when p(disease) >= threshold"
+        )
+    return (
+        f"per disease, the highest threshold with validation sensitivity >= {target:.2f}; "
+        "flag when p(disease) >= threshold"
+    )
+
+
+def threshold_validation(
+    true_labels: list[str], probs: np.ndarray, thresholds: dict[str, float], confidence: float
+) -> dict[str, dict[str, Any]]:
+    """What the chosen thresholds give on the validation split, with the sensitivity's bound."""
+    found = {}
+    for disease, threshold in thresholds.items():
+        c = LABELS.index(disease)
+        positive = np.array([t == disease for t in true_labels])
+        flagged = probs[:, c] >= threshold
+        sens, spec = sensitivity_specificity(flagged, positive)
+        hits, n = int((flagged & positive).sum()), int(positive.sum())
+        level = confidence or 0.95
+        found[disease] = {
+            "n": n,
+            "sensitivity": sens,
+            "sensitivity_lower_bound": wilson_lower_bound(hits, n, level),
+            "confidence": level,
+            "specificity": spec,
+        }
+    return found
+
+
+def split_digests(splits: dict[str, list[Any]]) -> dict[str, str]:
+    """Per split, a digest of its images' contents: proves a later run uses the same split."""
+    return {
+        name: hashlib.sha256("\n".join(sorted(s.sha256 for s in items)).encode()).hexdigest()
+        for name, items in splits.items()
+    }
 
 
 def _lineage(config: TrainConfig) -> dict[str, str]:
@@ -84,42 +138,116 @@ def finalize(config: TrainConfig) -> ModelCard:
         details={"arch": config.arch},
     )
     draft.save(card_path_for(model_path))
-    shipped = load_screening_model(model_path, labels=LABELS)
-    val_probs = predict_samples(shipped, splits["val"], inputs=arrays["val"][0])
-    thresholds = choose_thresholds(
-        [s.label for s in splits["val"]], val_probs, config.target_sensitivity
+    details = {
+        "arch": config.arch,
+        "created": created.isoformat(timespec="seconds"),
+        "training": config.to_dict(),
+        "lineage": _lineage(config),
+        "precision": state.get("precision", "float32"),
+        "history": state.get("history", []),
+        "data_counts": _counts(splits),
+        "split_digests": split_digests(splits),
+        "abnormality_score": "round(100 * (1 - p(normal)))",
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+    }
+    inputs = {name: arrays[name][0] for name in ("val", "test")}
+    return calibrate_and_test(
+        model_path,
+        draft.version,
+        splits,
+        inputs,
+        details,
+        target=config.target_sensitivity,
+        confidence=config.threshold_confidence,
     )
+
+
+def calibrate_and_test(
+    model_path: Path,
+    version: str,
+    splits: dict[str, list[Any]],
+    inputs: dict[str, np.ndarray],
+    details: dict[str, Any],
+    *,
+    target: float,
+    confidence: float,
+) -> ModelCard:
+    """Thresholds on the validation split, then the held-out test report; writes the card,
+    ``MODEL_CARD.md`` and ``test/`` beside ``model_path``."""
+    out = model_path.parent
+    shipped = load_screening_model(model_path, labels=LABELS)
+    spec = shipped.card.preprocess
+    val_labels = [s.label for s in splits["val"]]
+    val_probs = predict_samples(shipped, splits["val"], inputs=inputs["val"])
+    thresholds = choose_thresholds(val_labels, val_probs, target, confidence)
+    details = {
+        **details,
+        "threshold_rule": threshold_rule(target, confidence),
+        "threshold_validation": threshold_validation(val_labels, val_probs, thresholds, confidence),
+    }
     card = ModelCard(
-        version=draft.version,
-        labels=LABELS,
-        thresholds=thresholds,
-        preprocess=spec,
-        details={
-            "arch": config.arch,
-            "created": created.isoformat(timespec="seconds"),
-            "training": config.to_dict(),
-            "lineage": _lineage(config),
-            "precision": state.get("precision", "float32"),
-            "history": state.get("history", []),
-            "data_counts": _counts(splits),
-            "threshold_rule": (
-                f"per disease, the highest threshold with validation sensitivity >= "
-                f"{config.target_sensitivity:.2f}; flag when p(disease) >= threshold"
-            ),
-            "abnormality_score": "round(100 * (1 - p(normal)))",
-            "intended_use": INTENDED_USE,
-            "limitations": LIMITATIONS,
-        },
+        version=version, labels=LABELS, thresholds=thresholds, preprocess=spec, details=details
     )
     card.save(card_path_for(model_path))
     loaded = LoadedModel(shipped.model, card)
-    test_probs = predict_samples(loaded, splits["test"], inputs=arrays["test"][0])
-    metrics = write_report(config.out / "test", splits["test"], test_probs, loaded)
+    test_probs = predict_samples(loaded, splits["test"], inputs=inputs["test"])
+    metrics = write_report(out / "test", splits["test"], test_probs, loaded)
     card = ModelCard(**{**card.__dict__, "details": {**card.details, "test_metrics": metrics}})
     card.save(card_path_for(model_path))
-    (config.out / "MODEL_CARD.md").write_text(render_model_card(card))
+    (out / "MODEL_CARD.md").write_text(render_model_card(card))
     log.info("test accuracy %.3f, macro AUC %s", metrics["accuracy"], metrics["macro_auc"])
     return card
+
+
+def rethreshold(
+    model_path: Path,
+    out: Path,
+    *,
+    target: float,
+    confidence: float,
+    cache_dir: Path | None = None,
+) -> ModelCard:
+    """New flag thresholds for a trained model, chosen on the validation split of the data it
+    was trained on (rebuilt from its card and checked against it), then a new test report.
+
+    The weights are unchanged; the card gets a new version, so that predictions made under the
+    old thresholds stay told apart in the ``models`` table.
+    """
+    old = ModelCard.load(card_path_for(model_path))
+    training = old.details.get("training") or {}
+    if not training.get("data"):
+        raise ValueError(f"{model_path}: the card does not name the training data")
+    splits = split_samples(discover([Path(p) for p in training["data"]]), seed=training["seed"])
+    expected = old.details.get("split_digests") or {}
+    if _counts(splits) != old.details.get("data_counts") or any(
+        split_digests(splits)[name] != digest for name, digest in expected.items()
+    ):
+        raise ValueError(
+            f"the images under {training['data']} do not give the splits the model was "
+            "trained on: thresholds and test figures would not be held out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    copy = out / MODEL_FILE
+    shutil.copyfile(model_path, copy)
+    old.save(card_path_for(copy))
+    cache = cache_dir or out / "cache"
+    inputs = {name: cached_inputs(splits[name], old.preprocess, cache) for name in ("val", "test")}
+    created = datetime.now(UTC)
+    thresholds_key = hashlib.sha256(f"{target}:{confidence}".encode()).hexdigest()[:4]
+    details = {
+        **old.details,
+        "created": created.isoformat(timespec="seconds"),
+        "training": {**training, "target_sensitivity": target, "threshold_confidence": confidence},
+        "lineage": {**old.details.get("lineage", {}), "rethresholded_from": old.version},
+        "split_digests": split_digests(splits),
+        "limitations": LIMITATIONS,
+    }
+    version = f"pulmoscreen-{old.details.get('arch', 'resnet50')}-{created:%Y%m%d}-"
+    version += f"{sha256_file(copy)[:8]}-t{thresholds_key}"
+    return calibrate_and_test(
+        copy, version, splits, inputs, details, target=target, confidence=confidence
+    )
 
 
 def ship(run: Path, dest: Path) -> Path:

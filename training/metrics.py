@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,43 @@ from sklearn.metrics import roc_auc_score
 from pulmoscreen.domain import Label
 
 
-def threshold_for_sensitivity(
-    scores: NDArray[np.floating], positive: NDArray[np.bool_], target: float
-) -> float | None:
-    """The highest threshold (flag when ``score >= t``) whose sensitivity reaches ``target``."""
-    pos = np.sort(scores[positive])[::-1]
-    if len(pos) == 0:
+def wilson_lower_bound(successes: int, n: int, confidence: float) -> float | None:
+    """One-sided lower confidence bound of a proportion (Wilson score interval).
+
+    With ``confidence`` 0 it is the plain proportion ``successes / n``.
+    """
+    if n == 0:
         return None
-    k = max(1, math.ceil(target * len(pos) - 1e-9))
+    p = successes / n
+    if confidence <= 0:
+        return p
+    z = NormalDist().inv_cdf(confidence)
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
+def threshold_for_sensitivity(
+    scores: NDArray[np.floating],
+    positive: NDArray[np.bool_],
+    target: float,
+    confidence: float = 0.0,
+) -> float | None:
+    """The highest threshold (flag when ``score >= t``) whose sensitivity reaches ``target``.
+
+    With ``confidence`` > 0 the sensitivity's one-sided lower confidence bound (Wilson) must
+    reach ``target``, not only the observed proportion: on a validation split with few
+    positives, a threshold set at exactly the target misses it on new data about half the
+    time. Where no threshold can give that confidence (too few positives), the lowest positive
+    score is returned: every validation positive flagged.
+    """
+    pos = np.sort(scores[positive])[::-1]
+    n = len(pos)
+    if n == 0:
+        return None
+    k = max(1, math.ceil(target * n - 1e-9))
+    while k < n and (wilson_lower_bound(k, n, confidence) or 0.0) < target - 1e-12:
+        k += 1
     return float(pos[k - 1])
 
 

@@ -23,8 +23,9 @@ LIMITATIONS = [
     "performance on adult pneumonia is the least certain.",
     "Test images come from the same sources as training images (patient-disjoint split): "
     "figures on a new site, scanner or population will be lower. Validate locally before use.",
-    "Thresholds were chosen on the validation split for the target sensitivity; the realised "
-    "sensitivity on new data varies with prevalence, equipment and population.",
+    "Thresholds were chosen on the validation split so that the lower confidence bound of the "
+    "sensitivity reaches the target (see the threshold rule); the realised sensitivity on new "
+    "data still varies with equipment and population, and specificity pays for the margin.",
     "Not evaluated on lateral views, children in a TB programme, or images with devices.",
     "Images that are not chest radiographs (drawn phantoms, other body parts that pass the "
     "header checks) still get an answer, often a confident one: the model has no "
@@ -102,6 +103,21 @@ def render_model_card(card: ModelCard) -> str:
             f"| {h['epoch']} | {_fmt(h.get('loss'))} | {_fmt(h.get('accuracy'))} | "
             f"{_fmt(h.get('val_loss'))} | {_fmt(h.get('val_accuracy'))} |"
             for h in history
+        ]
+    validation = d.get("threshold_validation")
+    if validation:
+        lines += [
+            "",
+            "## Thresholds on the validation split",
+            "",
+            "| disease | positives | sensitivity | lower bound | confidence | specificity |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {disease} | {v['n']} | {_fmt(v['sensitivity'])} | "
+            f"{_fmt(v['sensitivity_lower_bound'])} | {_fmt(v['confidence'])} | "
+            f"{_fmt(v['specificity'])} |"
+            for disease, v in validation.items()
         ]
     metrics = d.get("test_metrics")
     if metrics:

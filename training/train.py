@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     patience: int = 3
     target_sensitivity: float = 0.90
+    # Thresholds need the sensitivity's lower confidence bound at the target, not only the
+    # observed value: ~100 validation positives leave a few points of sampling error.
+    threshold_confidence: float = 0.95
     precision: str = "auto"
     imagenet_weights: Path | None = None
     cache_dir: Path | None = None
@@ -72,6 +75,7 @@ class TrainConfig:
             "seed": self.seed,
             "patience": self.patience,
             "target_sensitivity": self.target_sensitivity,
+            "threshold_confidence": self.threshold_confidence,
             "augment": self.augment.to_dict(),
             "balance": self.balance,
             "average_with": str(self.average_with) if self.average_with else None,

@@ -95,6 +95,67 @@ class TestContinueAndAverage:
                 np.testing.assert_allclose(s[f"w{i:04d}"], mean, rtol=2e-3, atol=1e-3)
 
 
+class TestRethreshold:
+    def test_new_thresholds_on_the_same_validation_split(self, tmp_path):
+        data = tmp_path / "site"
+        make_dataset(data)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        run = tmp_path / "run"
+        done = train_tiny(data, run, env, "--epochs", "2", "--threshold-confidence", "0")
+        assert done.returncode == 0, done.stdout + done.stderr
+        model = run / "pulmoscreen_resnet50.npz"
+        card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())
+
+        def rethreshold(out: Path, confidence: str):
+            return run_cli(
+                "rethreshold",
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--threshold-confidence",
+                confidence,
+                env=env,
+                cwd=tmp_path,
+            )
+
+        # the same rule again: the split is rebuilt exactly, so thresholds and test agree
+        done = rethreshold(tmp_path / "same", "0")
+        assert done.returncode == 0, done.stdout + done.stderr
+        same = json.loads((tmp_path / "same" / "pulmoscreen_resnet50.card.json").read_text())
+        assert same["thresholds"] == card["thresholds"]
+        assert same["details"]["test_metrics"]["n"] == card["details"]["test_metrics"]["n"]
+        assert same["details"]["test_metrics"]["per_class"] == (
+            card["details"]["test_metrics"]["per_class"]
+        )
+
+        # with a confidence margin: lower (never higher) thresholds, a new version, lineage
+        done = rethreshold(tmp_path / "margin", "0.95")
+        assert done.returncode == 0, done.stdout + done.stderr
+        margin = json.loads((tmp_path / "margin" / "pulmoscreen_resnet50.card.json").read_text())
+        assert sha256_file(tmp_path / "margin" / model.name) == sha256_file(model)
+        assert sha256_file(model)[:8] in margin["version"]
+        assert margin["version"] not in (card["version"], same["version"])
+        assert margin["details"]["lineage"]["rethresholded_from"] == card["version"]
+        assert "95% lower confidence bound" in margin["details"]["threshold_rule"]
+        for disease, threshold in margin["thresholds"].items():
+            assert threshold <= card["thresholds"][disease]
+            checked = margin["details"]["threshold_validation"][disease]
+            # a handful of validation positives can't prove 0.90 at 95 %: all of them flagged
+            assert checked["sensitivity"] == 1.0
+            assert checked["sensitivity_lower_bound"] < 0.9
+        assert "## Thresholds on the validation split" in (
+            tmp_path / "margin" / "MODEL_CARD.md"
+        ).read_text()
+
+        # other data than the model was trained on: refused, nothing written
+        next(iter(sorted((data / "normal").glob("*.png")))).unlink()
+        done = rethreshold(tmp_path / "changed", "0.95")
+        assert done.returncode != 0
+        assert "do not give the splits the model was trained on" in done.stdout + done.stderr
+        assert not (tmp_path / "changed" / "pulmoscreen_resnet50.card.json").exists()
+
+
 class TestTrainEvaluateServe:
     def test_loop(self, tmp_path):
         data, run = tmp_path / "site", tmp_path / "run"

@@ -5,6 +5,7 @@ from training.metrics import (
     compute_metrics,
     sensitivity_specificity,
     threshold_for_sensitivity,
+    wilson_lower_bound,
 )
 
 LABELS = ("normal", "pneumonia", "tuberculosis")
@@ -20,6 +21,33 @@ class TestThresholdForSensitivity:
 
     def test_no_positive_cases(self):
         assert threshold_for_sensitivity(np.array([0.3]), np.array([False]), 0.9) is None
+
+    def test_confidence_asks_for_a_margin(self):
+        # 113 positives scored 1.00, 0.99, ...: observed 0.90 needs 102 flagged, but the
+        # one-sided 95 % Wilson bound first reaches 0.90 at 107 of 113 (0.8896 at 106).
+        scores = np.linspace(1.0, 0.0, 113, endpoint=False)
+        positive = np.ones(113, dtype=bool)
+        assert threshold_for_sensitivity(scores, positive, 0.9) == pytest.approx(scores[101])
+        at_95 = threshold_for_sensitivity(scores, positive, 0.9, confidence=0.95)
+        assert at_95 == pytest.approx(scores[106])
+
+    def test_confidence_out_of_reach_flags_every_positive(self):
+        # 5 of 5 gives a 95 % lower bound of 0.649 < 0.8: the lowest positive score is used
+        scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.2])
+        positive = np.array([True, True, True, True, True, False, False])
+        assert threshold_for_sensitivity(scores, positive, 0.8, confidence=0.95) == 0.5
+
+
+class TestWilsonLowerBound:
+    def test_hand_computed(self):
+        # p = 0.8, z = 1.6449: (0.8 + z^2/20 - z*sqrt(0.016 + z^2/400)) / (1 + z^2/10)
+        assert wilson_lower_bound(8, 10, 0.95) == pytest.approx(0.54079, abs=1e-5)
+        assert wilson_lower_bound(107, 113, 0.95) == pytest.approx(0.90061, abs=1e-5)
+        assert wilson_lower_bound(106, 113, 0.95) == pytest.approx(0.88955, abs=1e-5)
+
+    def test_confidence_zero_is_the_proportion_and_no_cases_is_none(self):
+        assert wilson_lower_bound(8, 10, 0.0) == pytest.approx(0.8)
+        assert wilson_lower_bound(0, 0, 0.95) is None
 
 
 class TestSensitivitySpecificity:
