@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from collections import Counter
 from datetime import UTC, datetime
@@ -44,7 +45,8 @@ def choose_thresholds(
         c = LABELS.index(disease)
         positive = np.array([t == disease for t in true_labels])
         found = threshold_for_sensitivity(probs[:, c], positive, target, confidence)
-        thresholds[disease] = round(found, 6) if found is not None else 0.5
+        # rounded down: the positive the threshold was read from must stay flagged
+        thresholds[disease] = math.floor(found * 1e6) / 1e6 if found is not None else 0.5
     return thresholds
 
 

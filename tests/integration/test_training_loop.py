@@ -125,8 +125,9 @@ class TestRethreshold:
         same = json.loads((tmp_path / "same" / "pulmoscreen_resnet50.card.json").read_text())
         assert same["thresholds"] == card["thresholds"]
         assert same["details"]["test_metrics"]["n"] == card["details"]["test_metrics"]["n"]
-        assert same["details"]["test_metrics"]["per_class"] == (
-            card["details"]["test_metrics"]["per_class"]
+        assert (
+            same["details"]["test_metrics"]["per_class"]
+            == (card["details"]["test_metrics"]["per_class"])
         )
 
         # with a confidence margin: lower (never higher) thresholds, a new version, lineage
@@ -144,9 +145,10 @@ class TestRethreshold:
             # a handful of validation positives can't prove 0.90 at 95 %: all of them flagged
             assert checked["sensitivity"] == 1.0
             assert checked["sensitivity_lower_bound"] < 0.9
-        assert "## Thresholds on the validation split" in (
-            tmp_path / "margin" / "MODEL_CARD.md"
-        ).read_text()
+        assert (
+            "## Thresholds on the validation split"
+            in (tmp_path / "margin" / "MODEL_CARD.md").read_text()
+        )
 
         # other data than the model was trained on: refused, nothing written
         next(iter(sorted((data / "normal").glob("*.png")))).unlink()

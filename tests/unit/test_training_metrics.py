@@ -92,3 +92,18 @@ class TestComputeMetrics:
         assert m["per_class"]["tuberculosis"]["sensitivity"] == 0.5
         assert m["per_class"]["tuberculosis"]["specificity"] is None
         assert m["per_class"]["pneumonia"]["sensitivity"] is None
+
+
+class TestChooseThresholds:
+    def test_stored_threshold_still_flags_the_positive_it_was_read_from(self):
+        from training.finalize import choose_thresholds
+
+        # the 9th of 10 tuberculosis scores is 0.6628346: rounding to 6 places must go down
+        tb = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.6628346, 0.1]
+        probs = np.array([[1 - p, 0.0, p] for p in tb] + [[0.1, 0.9, 0.0]] * 10)
+        labels = ["tuberculosis"] * 10 + ["pneumonia"] * 10
+        thresholds = choose_thresholds(labels, probs, 0.9)
+        assert thresholds["tuberculosis"] == 0.662834
+        assert thresholds["pneumonia"] == 0.9
+        flagged = probs[:10, 2] >= thresholds["tuberculosis"]
+        assert flagged.sum() == 9
