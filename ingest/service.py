@@ -84,6 +84,7 @@ class Ingestor:
         stable_seconds: float,
         storage_root: Path | None = None,
         resend_after: float | None = None,
+        max_resends: int = 3,
         queue_depth: Callable[[], int] | None = None,
     ) -> None:
         self.root = root.resolve()
@@ -92,6 +93,7 @@ class Ingestor:
         self.enqueue = enqueue
         self.tracker = StabilityTracker(stable_seconds)
         self.resend_after = resend_after
+        self.max_resends = max_resends
         self.queue_depth = queue_depth
         self._next_sweep = 0.0
 
@@ -120,15 +122,48 @@ class Ingestor:
             return 0
         cutoff = utcnow() - timedelta(seconds=self.resend_after)
         with self.sessions.begin() as session:
-            ids = queries.claim_stale_queued(session, older_than=cutoff)
-        if ids:
-            self.enqueue(ids)
+            claim = queries.claim_stale_queued(
+                session, older_than=cutoff, max_resends=self.max_resends
+            )
+        if claim.resend:
+            self.enqueue(claim.resend)
             log.warning(
                 "re-sent %d images queued for over %.0fs with the inference queue empty",
-                len(ids),
+                len(claim.resend),
                 self.resend_after,
             )
-        return len(ids)
+        for image_id in claim.exhausted:
+            self._give_up(image_id)
+        return len(claim.resend)
+
+    def _give_up(self, image_id: int) -> None:
+        """Quarantine an image whose task was lost after every re-send: the likeliest cause is
+        a file that crashes the worker decoding it, which would otherwise crash workers for ever."""
+        detail = (
+            f"its task was lost {self.max_resends + 1} times with the inference queue empty; "
+            "a worker may crash reading this file (see the workers' logs)"
+        )
+        with self.sessions.begin() as session:
+            source, stored = queries.stored_paths(session, [image_id])[image_id]
+            if not queries.reject_image(
+                session,
+                image_id,
+                reason=RejectReason.WORKER_CRASH,
+                detail=detail,
+                stored_path=stored,
+            ):
+                return
+        path = resolve_stored_path(stored, self.storage_root) if stored else None
+        if path is not None and path.is_file():
+            dest = quarantine_file(
+                path,
+                self.root,
+                reason=RejectReason.WORKER_CRASH.value,
+                detail=detail,
+                source=source,
+            )
+            self._update_stored_path(image_id, dest)
+        log.error("image %d quarantined: %s", image_id, detail)
 
     def maybe_resend_stale(self) -> int:
         """:meth:`resend_stale`, at most once every quarter of ``resend_after`` (1 to 30 s)."""

@@ -73,6 +73,7 @@ def make_ingestor(settings: Settings, folder: Path, sessions: Any, celery_app: A
         storage_root=settings.storage_root,
         enqueue=lambda ids: enqueue_images(celery_app, ids),
         resend_after=settings.resend_after,
+        max_resends=settings.max_resends,
         queue_depth=lambda: queue_depth(celery_app),
     )
 

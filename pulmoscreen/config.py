@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         description="Seconds an image may stay queued while the inference queue is empty before "
         "ingest sends its task again (a task lost with a killed worker).",
     )
+    max_resends: int = Field(
+        3,
+        ge=0,
+        description="Re-sends of one image's lost task; when its task is lost once more, the "
+        "file is quarantined as worker_crash (it may crash every worker that reads it).",
+    )
     max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
 
     site_timezone: str = Field(

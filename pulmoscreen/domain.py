@@ -51,6 +51,7 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     DUPLICATE = "duplicate"
     UNREADABLE = "unreadable"
+    WORKER_CRASH = "worker_crash"
 
 
 class Rejected(Exception):  # noqa: N818 - reads as "raise Rejected(reason, ...)"

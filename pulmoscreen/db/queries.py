@@ -116,11 +116,12 @@ def add_rejected_image(
 
 def reject_image(
     session: Session, image_id: int, *, reason: RejectReason, detail: str, stored_path: str | None
-) -> None:
-    """Mark a queued image rejected (its pixels could not be used) and update its study."""
-    session.execute(
+) -> bool:
+    """Mark a queued image rejected (its pixels could not be used) and update its study;
+    False when the image is no longer queued (a result won the race)."""
+    done = session.execute(
         update(Image)
-        .where(Image.id == image_id)
+        .where(Image.id == image_id, Image.status == ImageStatus.QUEUED.value)
         .values(
             status=ImageStatus.REJECTED.value,
             reject_reason=reason.value,
@@ -129,9 +130,12 @@ def reject_image(
             updated_at=utcnow(),
         )
     )
+    if not done.rowcount:
+        return False
     study_id = session.scalar(select(Image.study_id).where(Image.id == image_id))
     if study_id is not None:
         refresh_study_status(session, [study_id])
+    return True
 
 
 def register_model(session: Session, card: ModelCard) -> int:
@@ -243,24 +247,44 @@ def queued_image_ids(session: Session) -> list[int]:
     )
 
 
-def claim_stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[int]:
+@dataclass(frozen=True)
+class StaleClaim:
+    """Queued images whose task went missing: to send again, and to give up on."""
+
+    resend: list[int]
+    exhausted: list[int]
+
+
+def claim_stale_queued(
+    session: Session, *, older_than: datetime, max_resends: int, limit: int = 1000
+) -> StaleClaim:
     """Queued images untouched since ``older_than`` (their task may have been lost), oldest
-    first; their ``updated_at`` is set to now, so each is claimed at most once a period."""
-    ids = list(
-        session.scalars(
-            select(Image.id)
-            .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
-            .order_by(Image.updated_at, Image.id)
-            .limit(limit)
-        )
-    )
-    if ids:
+    first. Those re-sent fewer than ``max_resends`` times are claimed: ``resends`` goes up and
+    ``updated_at`` is set to now, so each is claimed at most once a period. The others have
+    lost their task ``max_resends + 1`` times: the caller quarantines them."""
+    rows = session.execute(
+        select(Image.id, Image.resends)
+        .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
+        .order_by(Image.updated_at, Image.id)
+        .limit(limit)
+    ).all()
+    resend = [image_id for image_id, count in rows if count < max_resends]
+    exhausted = [image_id for image_id, count in rows if count >= max_resends]
+    if resend:
         session.execute(
             update(Image)
-            .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
-            .values(updated_at=utcnow())
+            .where(Image.id.in_(resend), Image.status == ImageStatus.QUEUED.value)
+            .values(updated_at=utcnow(), resends=Image.resends + 1)
         )
-    return ids
+    return StaleClaim(resend, exhausted)
+
+
+def stored_paths(session: Session, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """``image_id -> (source_path, stored_path)``."""
+    rows = session.execute(
+        select(Image.id, Image.source_path, Image.stored_path).where(Image.id.in_(image_ids))
+    )
+    return {image_id: (source, stored) for image_id, source, stored in rows}
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     reject_reason: Mapped[str | None] = mapped_column(String(32), index=True)
     reject_detail: Mapped[str | None] = mapped_column(Text)
+    # times ingest re-sent this image's task because it went missing (see claim_stale_queued)
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )

@@ -1,6 +1,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -310,3 +311,40 @@ class TestResendLost:
         ingestor.scan_once()
         assert ingestor.resend_stale() == 0
         assert ingestor.maybe_resend_stale() == 0
+
+    def test_an_image_whose_task_keeps_vanishing_is_quarantined(self, drop, sqlite_url, sent):
+        # a file that crashes every worker reading it: re-sent max_resends times, then refused
+        ingestor = Ingestor(
+            drop,
+            sessions=session_factory(sqlite_url),
+            enqueue=sent.extend,
+            stable_seconds=0,
+            resend_after=0.2,
+            max_resends=2,
+            queue_depth=lambda: 0,
+        )
+        make_cxr_dicom(drop, seed=5)
+        (image_id,) = (o.image_id for o in ingestor.scan_once())
+        sent.clear()
+        for _ in range(2):
+            time.sleep(0.3)
+            assert ingestor.resend_stale() == 1
+        assert sent == [image_id, image_id]
+        time.sleep(0.3)
+        assert ingestor.resend_stale() == 0
+        assert sent == [image_id, image_id]
+        with ingestor.sessions() as session:
+            image = session.get(Image, image_id)
+            assert (image.status, image.reject_reason, image.resends) == (
+                "rejected",
+                "worker_crash",
+                2,
+            )
+            assert "lost 3 times" in image.reject_detail
+            stored = Path(image.stored_path)
+        assert stored.parent == drop / "quarantine" and stored.is_file()
+        sidecar = json.loads(stored.with_name(stored.name + ".reason.json").read_text())
+        assert sidecar["reason"] == "worker_crash"
+        assert not list((drop / "processed").rglob("*.dcm"))
+        time.sleep(0.3)
+        assert ingestor.resend_stale() == 0  # nothing left to re-send or give up on
