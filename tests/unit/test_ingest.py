@@ -342,7 +342,8 @@ class TestResendLost:
             )
             assert "lost 3 times" in image.reject_detail
             stored = Path(image.stored_path)
-        assert stored.parent == drop / "quarantine" and stored.is_file()
+        assert stored.parent == drop / "quarantine"
+        assert stored.is_file()
         sidecar = json.loads(stored.with_name(stored.name + ".reason.json").read_text())
         assert sidecar["reason"] == "worker_crash"
         assert not list((drop / "processed").rglob("*.dcm"))
