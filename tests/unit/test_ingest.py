@@ -256,7 +256,7 @@ class TestStoragePaths:
 class TestResendLost:
     """A task lost with a killed worker is sent again once the queue has drained."""
 
-    def make(self, drop, sqlite_url, sent, depth):
+    def make(self, drop, sqlite_url, sent, depth, **options):
         return Ingestor(
             drop,
             sessions=session_factory(sqlite_url),
@@ -264,6 +264,7 @@ class TestResendLost:
             stable_seconds=0,
             resend_after=0.2,
             queue_depth=lambda: depth[0],
+            **options,
         )
 
     def test_resends_only_stale_images_with_the_queue_empty(self, drop, sqlite_url, sent):
@@ -314,15 +315,7 @@ class TestResendLost:
 
     def test_an_image_whose_task_keeps_vanishing_is_quarantined(self, drop, sqlite_url, sent):
         # a file that crashes every worker reading it: re-sent max_resends times, then refused
-        ingestor = Ingestor(
-            drop,
-            sessions=session_factory(sqlite_url),
-            enqueue=sent.extend,
-            stable_seconds=0,
-            resend_after=0.2,
-            max_resends=2,
-            queue_depth=lambda: 0,
-        )
+        ingestor = self.make(drop, sqlite_url, sent, [0], max_resends=2)
         make_cxr_dicom(drop, seed=5)
         (image_id,) = (o.image_id for o in ingestor.scan_once())
         sent.clear()
