@@ -65,6 +65,7 @@ def render_model_card(card: ModelCard) -> str:
     """Markdown for ``card``, with test metrics overall and per source when present."""
     d = card.details
     training = d.get("training", {})
+    rule = d.get("threshold_rule", "")
     lines = [
         f"# Model card: {card.version}",
         "",
@@ -84,7 +85,7 @@ def render_model_card(card: ModelCard) -> str:
         f"percentile clip {card.preprocess.clip_percentiles} -> 0..255, grey repeated into "
         f"{card.preprocess.channels} channels (`to_model_input`, the same code as serving).",
         f"- Flag thresholds: {', '.join(f'{k} {v:.4f}' for k, v in card.thresholds.items())}. "
-        f"{d.get('threshold_rule', '')}.",
+        f"{rule[:1].upper()}{rule[1:]}.",
         f"- Abnormality score: {d.get('abnormality_score', 'round(100 * (1 - p(normal)))')}.",
         f"- Created {d.get('created', 'n/a')}; weights stored as float16 (compact file).",
         "",
