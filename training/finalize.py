@@ -51,6 +51,7 @@ def choose_thresholds(
 
 
 def threshold_rule(target: float, confidence: float) -> str:
+    """The rule ``choose_thresholds`` applied, in words, for the card."""
     if confidence > 0:
         return (
             f"per disease, the highest threshold at which the one-sided {confidence:.0%} lower "
@@ -220,7 +221,11 @@ def rethreshold(
     training = old.details.get("training") or {}
     if not training.get("data"):
         raise ValueError(f"{model_path}: the card does not name the training data")
-    splits = split_samples(discover([Path(p) for p in training["data"]]), seed=training["seed"])
+    if out.resolve() == model_path.parent.resolve():
+        raise ValueError(f"--out must be another folder than the model's ({out})")
+    splits = split_samples(
+        discover([Path(p) for p in training["data"]]), seed=training.get("seed", 0)
+    )
     expected = old.details.get("split_digests") or {}
     if _counts(splits) != old.details.get("data_counts") or any(
         split_digests(splits)[name] != digest for name, digest in expected.items()
@@ -254,8 +259,6 @@ def rethreshold(
 
 def ship(run: Path, dest: Path) -> Path:
     """Copy a finalized run's model, card and MODEL_CARD.md into ``dest`` (the repo's models/)."""
-    import shutil
-
     dest.mkdir(parents=True, exist_ok=True)
     for name in (MODEL_FILE, card_path_for(Path(MODEL_FILE)).name, "MODEL_CARD.md"):
         shutil.copyfile(run / name, dest / name)
