@@ -150,6 +150,12 @@ class TestRethreshold:
             in (tmp_path / "margin" / "MODEL_CARD.md").read_text()
         )
 
+        # never over the model it reads
+        done = rethreshold(run, "0.95")
+        assert done.returncode == 2
+        assert "must be another folder" in done.stderr
+        assert json.loads((run / "pulmoscreen_resnet50.card.json").read_text()) == card
+
         # other data than the model was trained on: refused, nothing written
         next(iter(sorted((data / "normal").glob("*.png")))).unlink()
         done = rethreshold(tmp_path / "changed", "0.95")
