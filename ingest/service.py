@@ -132,11 +132,11 @@ class Ingestor:
                 len(claim.resend),
                 self.resend_after,
             )
-        for image_id in claim.exhausted:
-            self._give_up(image_id)
+        for image_id, source, stored in claim.exhausted:
+            self._give_up(image_id, source, stored)
         return len(claim.resend)
 
-    def _give_up(self, image_id: int) -> None:
+    def _give_up(self, image_id: int, source: str, stored: str | None) -> None:
         """Quarantine an image whose task was lost after every re-send: the likeliest cause is
         a file that crashes the worker decoding it, which would otherwise crash workers for ever."""
         detail = (
@@ -144,7 +144,6 @@ class Ingestor:
             "a worker may crash reading this file (see the workers' logs)"
         )
         with self.sessions.begin() as session:
-            source, stored = queries.stored_paths(session, [image_id])[image_id]
             if not queries.reject_image(
                 session,
                 image_id,

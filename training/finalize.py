@@ -68,6 +68,7 @@ def threshold_validation(
     true_labels: list[str], probs: np.ndarray, thresholds: dict[str, float], confidence: float
 ) -> dict[str, dict[str, Any]]:
     """What the chosen thresholds give on the validation split, with the sensitivity's bound."""
+    level = confidence or 0.95
     found = {}
     for disease, threshold in thresholds.items():
         c = LABELS.index(disease)
@@ -75,7 +76,6 @@ def threshold_validation(
         flagged = probs[:, c] >= threshold
         sens, spec = sensitivity_specificity(flagged, positive)
         hits, n = int((flagged & positive).sum()), int(positive.sum())
-        level = confidence or 0.95
         found[disease] = {
             "n": n,
             "sensitivity": sens,
@@ -226,9 +226,10 @@ def rethreshold(
     splits = split_samples(
         discover([Path(p) for p in training["data"]]), seed=training.get("seed", 0)
     )
+    digests = split_digests(splits)
     expected = old.details.get("split_digests") or {}
     if _counts(splits) != old.details.get("data_counts") or any(
-        split_digests(splits)[name] != digest for name, digest in expected.items()
+        digests[name] != digest for name, digest in expected.items()
     ):
         raise ValueError(
             f"the images under {training['data']} do not give the splits the model was "
@@ -247,7 +248,7 @@ def rethreshold(
         "created": created.isoformat(timespec="seconds"),
         "training": {**training, "target_sensitivity": target, "threshold_confidence": confidence},
         "lineage": {**old.details.get("lineage", {}), "rethresholded_from": old.version},
-        "split_digests": split_digests(splits),
+        "split_digests": digests,
         "limitations": LIMITATIONS,
     }
     version = f"pulmoscreen-{old.details.get('arch', 'resnet50')}-{created:%Y%m%d}-"

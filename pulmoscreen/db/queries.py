@@ -249,10 +249,11 @@ def queued_image_ids(session: Session) -> list[int]:
 
 @dataclass(frozen=True)
 class StaleClaim:
-    """Queued images whose task went missing: to send again, and to give up on."""
+    """Queued images whose task went missing: ids to send again, and ``(id, source_path,
+    stored_path)`` of those to give up on."""
 
     resend: list[int]
-    exhausted: list[int]
+    exhausted: list[tuple[int, str, str | None]]
 
 
 def claim_stale_queued(
@@ -263,13 +264,15 @@ def claim_stale_queued(
     ``updated_at`` is set to now, so each is claimed at most once a period. The others have
     lost their task ``max_resends + 1`` times: the caller quarantines them."""
     rows = session.execute(
-        select(Image.id, Image.resends)
+        select(Image.id, Image.resends, Image.source_path, Image.stored_path)
         .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
         .order_by(Image.updated_at, Image.id)
         .limit(limit)
     ).all()
-    resend = [image_id for image_id, count in rows if count < max_resends]
-    exhausted = [image_id for image_id, count in rows if count >= max_resends]
+    resend = [row.id for row in rows if row.resends < max_resends]
+    exhausted = [
+        (row.id, row.source_path, row.stored_path) for row in rows if row.resends >= max_resends
+    ]
     if resend:
         session.execute(
             update(Image)
@@ -277,14 +280,6 @@ def claim_stale_queued(
             .values(updated_at=utcnow(), resends=Image.resends + 1)
         )
     return StaleClaim(resend, exhausted)
-
-
-def stored_paths(session: Session, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
-    """``image_id -> (source_path, stored_path)``."""
-    rows = session.execute(
-        select(Image.id, Image.source_path, Image.stored_path).where(Image.id.in_(image_ids))
-    )
-    return {image_id: (source, stored) for image_id, source, stored in rows}
 
 
 @dataclass(frozen=True)
