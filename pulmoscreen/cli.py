@@ -384,6 +384,31 @@ def train(
         typer.Option(help="Ship the average of the best weights and this model's (.keras/.npz)."),
     ] = None,
     size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
+    equalize: Annotated[
+        str, typer.Option(help="Served intensity equalisation after the clip: none or clahe.")
+    ] = "none",
+    hold_out_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Source (folder name) left out of training, evaluated whole; repeatable."
+        ),
+    ] = None,
+    loso_run: Annotated[
+        list[Path] | None,
+        typer.Option(help="A --hold-out-source run whose held-out figures go in the card."),
+    ] = None,
+    acquisition: Annotated[
+        float, typer.Option(help="Probability of each acquisition jitter (0: off).")
+    ] = 0.0,
+    max_per_group: Annotated[
+        int, typer.Option(help="Images per (source, label) group per epoch (0: all).")
+    ] = 0,
+    adversarial: Annotated[
+        float, typer.Option(help="Weight of a source adversary on the features (0: off).")
+    ] = 0.0,
+    train_from: Annotated[
+        str, typer.Option(help="Freeze backbone layers before the first named so (e.g. conv4).")
+    ] = "",
     seed: Annotated[int, typer.Option()] = 0,
     patience: Annotated[int, typer.Option(help="Early-stopping patience, epochs.")] = 3,
     rotation: Annotated[float, typer.Option(help="Max rotation, degrees (0: off).")] = 10.0,
@@ -426,7 +451,15 @@ def train(
         precision=precision,
         imagenet_weights=settings.imagenet_weights,
         cache_dir=cache_dir,
-        augment=AugmentSpec(rotation_deg=rotation, zoom=zoom, shift=shift, flip=flip),
+        augment=AugmentSpec(
+            rotation_deg=rotation, zoom=zoom, shift=shift, flip=flip, acquisition_p=acquisition
+        ),
+        hold_out=tuple(hold_out_source or ()),
+        equalize=equalize,
+        max_per_group=max_per_group,
+        train_from=train_from,
+        adversarial=adversarial,
+        loso_runs=tuple(loso_run or ()),
     )
     fit(config, resume=resume)
     if fit_only:

@@ -24,6 +24,12 @@ _PATIENT_PATTERNS = (
 )
 
 
+def population(source: str) -> str:
+    """``children`` for a paediatric collection (named so), else ``adults``."""
+    name = source.lower()
+    return "children" if "pediatric" in name or "paediatric" in name else "adults"
+
+
 @dataclass(frozen=True)
 class Sample:
     """One labelled image file."""

@@ -15,7 +15,8 @@ from numpy.typing import NDArray
 from pulmoscreen.domain import LABELS
 from pulmoscreen.model import LoadedModel, load_screening_model, predict_batch
 from training import plots
-from training.dataset import Sample, discover
+from training.audit import source_probe
+from training.dataset import Sample, discover, population
 from training.images import model_input_for
 from training.metrics import compute_metrics
 
@@ -50,25 +51,37 @@ def metrics_with_sources(
     card = loaded.card
     metrics = compute_metrics([s.label for s in samples], probs, card.labels, card.thresholds)
     sources = sorted({s.source for s in samples})
+
+    def subset(mask: NDArray[np.bool_]) -> dict[str, Any]:
+        chosen = [s.label for s, keep in zip(samples, mask, strict=True) if keep]
+        return compute_metrics(chosen, probs[mask], card.labels, card.thresholds)
+
     if len(sources) > 1:
-        metrics["per_source"] = {}
-        for source in sources:
-            mask = np.array([s.source == source for s in samples])
-            chosen = [s.label for s, keep in zip(samples, mask, strict=True) if keep]
-            metrics["per_source"][source] = compute_metrics(
-                chosen, probs[mask], card.labels, card.thresholds
-            )
+        metrics["per_source"] = {
+            source: subset(np.array([s.source == source for s in samples])) for source in sources
+        }
+        populations = np.array([population(s.source) for s in samples])
+        if len(set(populations)) > 1:
+            metrics["per_population"] = {
+                name: subset(populations == name) for name in sorted(set(populations))
+            }
     metrics["model_version"] = card.version
     return metrics
 
 
 def write_report(
-    out: Path, samples: Sequence[Sample], probs: NDArray[np.float32], loaded: LoadedModel
+    out: Path,
+    samples: Sequence[Sample],
+    probs: NDArray[np.float32],
+    loaded: LoadedModel,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``metrics.json``, ``predictions.csv`` and the four PNG charts in ``out``."""
+    """``metrics.json`` (with ``extra`` entries), ``predictions.csv`` and the four PNG charts
+    in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     card = loaded.card
-    metrics = metrics_with_sources(samples, probs, loaded)
+    metrics = {**metrics_with_sources(samples, probs, loaded), **(extra or {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -108,5 +121,7 @@ def evaluate_folders(data: Sequence[Path], model_path: Path | None, out: Path) -
         raise ValueError(f"no labelled images under {[str(d) for d in data]}")
     loaded = load_screening_model(model_path, labels=LABELS)
     log.info("evaluating %s on %d images", loaded.card.version, len(samples))
-    probs = predict_samples(loaded, samples)
-    return write_report(out, samples, probs, loaded)
+    grey = np.stack([model_input_for(s.path, loaded.card.preprocess)[:, :, 0] for s in samples])
+    probs = predict_samples(loaded, samples, inputs=grey)
+    probe = source_probe(loaded, samples, grey)
+    return write_report(out, samples, probs, loaded, extra={"source_probe": probe})

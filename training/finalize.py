@@ -15,20 +15,20 @@ from typing import Any
 import numpy as np
 
 from pulmoscreen.domain import DISEASE_LABELS, LABELS
-from pulmoscreen.imaging import PreprocessSpec
 from pulmoscreen.model import LoadedModel, ModelCard, card_path_for, load_screening_model
 from pulmoscreen.model.build import save_compact
 from pulmoscreen.model.card import sha256_file
+from training.audit import source_probe
 from training.dataset import discover, split_samples
-from training.evaluate import predict_samples, write_report
-from training.images import cached_inputs
+from training.evaluate import metrics_with_sources, predict_samples, write_report
+from training.images import cached_inputs, normalize_planes
 from training.metrics import (
     sensitivity_specificity,
     threshold_for_sensitivity,
     wilson_lower_bound,
 )
 from training.model_card import INTENDED_USE, LIMITATIONS, render_model_card
-from training.train import TrainConfig, load_splits, load_trained, split_arrays
+from training.train import HELD_OUT, TrainConfig, load_splits, load_trained, split_arrays
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def finalize(config: TrainConfig) -> ModelCard:
     keras.config.set_dtype_policy("float32")
     splits = load_splits(config.out / "splits.json")
     arrays = split_arrays(config, splits)
-    spec = PreprocessSpec(size=config.size)
+    spec = config.spec
     best = keras.models.load_model(config.out / "best.keras", compile=False)
     if config.average_with is not None:
         # A "model soup": the uniform average of the fine-tuned weights and those it started
@@ -154,7 +154,11 @@ def finalize(config: TrainConfig) -> ModelCard:
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }
-    inputs = {name: arrays[name][0] for name in ("val", "test")}
+    if config.loso_runs:
+        details["leave_one_source_out"] = loso_figures(config.loso_runs)
+    if config.init not in ("scratch", "imagenet"):
+        details["starting_model"] = starting_model_figures(Path(config.init), splits, arrays)
+    inputs = {name: normalize_planes(arrays[name][0], spec) for name in ("val", "test", HELD_OUT)}
     return calibrate_and_test(
         model_path,
         draft.version,
@@ -164,6 +168,58 @@ def finalize(config: TrainConfig) -> ModelCard:
         target=config.target_sensitivity,
         confidence=config.threshold_confidence,
     )
+
+
+def starting_model_figures(
+    path: Path, splits: dict[str, list[Any]], arrays: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The model this run started from, measured on this run's test split and held-out
+    sources (AUCs per source, the source probe): the card shows what the run changed."""
+    old = load_screening_model(path, labels=LABELS)
+    if old.card.preprocess.size != arrays["test"][0].shape[-1]:
+        return None
+    found: dict[str, Any] = {"version": old.card.version}
+    for name in ("test", HELD_OUT):
+        samples = splits.get(name) or []
+        if not samples:
+            continue
+        grey = normalize_planes(arrays[name][0], old.card.preprocess)
+        probs = predict_samples(old, samples, inputs=grey)
+        metrics = metrics_with_sources(samples, probs, old)
+        found[name] = {
+            "per_source_auc": {
+                source: {c: m["per_class"][c]["auc"] for c in DISEASE_LABELS}
+                for source, m in metrics.get("per_source", {}).items()
+            }
+            or {samples[0].source: {c: metrics["per_class"][c]["auc"] for c in DISEASE_LABELS}},
+        }
+        if name == "test":
+            found[name]["source_probe"] = source_probe(old, samples, grey)
+    return found
+
+
+def _only(source: str, samples: list[Any], probs: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    keep = np.array([s.source == source for s in samples])
+    return [s for s in samples if s.source == source], probs[keep]
+
+
+def loso_figures(runs: tuple[Path, ...]) -> dict[str, Any]:
+    """Per held-out source, what a model trained without it scored on all of it: read from
+    each leave-one-source-out run's card (``held_out``), with the run's model version."""
+    found: dict[str, Any] = {}
+    for run in runs:
+        card = ModelCard.load(card_path_for(run / MODEL_FILE))
+        held = card.details.get("held_out") or {}
+        if not held:
+            raise ValueError(f"{run}: its model was trained with every source (no --hold-out)")
+        for source, metrics in held.items():
+            found[source] = {
+                "model_version": card.version,
+                "trained_on": sorted(card.details.get("data_counts", {}).get("train", {})),
+                **{k: metrics[k] for k in ("n", "accuracy", "macro_auc", "per_class")},
+                "source_probe": card.details.get("test_metrics", {}).get("source_probe"),
+            }
+    return found
 
 
 def calibrate_and_test(
@@ -195,8 +251,19 @@ def calibrate_and_test(
     card.save(card_path_for(model_path))
     loaded = LoadedModel(shipped.model, card)
     test_probs = predict_samples(loaded, splits["test"], inputs=inputs["test"])
-    metrics = write_report(out / "test", splits["test"], test_probs, loaded)
-    card = ModelCard(**{**card.__dict__, "details": {**card.details, "test_metrics": metrics}})
+    probe = source_probe(loaded, splits["test"], inputs["test"])
+    metrics = write_report(
+        out / "test", splits["test"], test_probs, loaded, extra={"source_probe": probe}
+    )
+    found: dict[str, Any] = {"test_metrics": metrics}
+    held = splits.get(HELD_OUT) or []
+    if held:
+        held_probs = predict_samples(loaded, held, inputs=inputs[HELD_OUT])
+        found["held_out"] = {
+            source: write_report(out / HELD_OUT / source, *_only(source, held, held_probs), loaded)
+            for source in sorted({s.source for s in held})
+        }
+    card = ModelCard(**{**card.__dict__, "details": {**card.details, **found}})
     card.save(card_path_for(model_path))
     (out / "MODEL_CARD.md").write_text(render_model_card(card))
     log.info("test accuracy %.3f, macro AUC %s", metrics["accuracy"], metrics["macro_auc"])

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
+from pulmoscreen.imaging.preprocess import normalize_grey, resize_grey
 from training.dataset import Sample
 
 log = logging.getLogger(__name__)
@@ -36,29 +37,43 @@ def model_input_for(path: Path, spec: PreprocessSpec) -> NDArray[np.float32]:
     return to_model_input(load_display_pixels(path), spec)
 
 
-def _one_channel(args: tuple[str, PreprocessSpec]) -> NDArray[np.float32]:
-    path, spec = args
-    # to_model_input repeats one grey plane into every channel: keep one, repeat at batch time
-    return model_input_for(Path(path), spec)[:, :, 0]
+def _resized_plane(args: tuple[str, int]) -> NDArray[np.float32]:
+    path, size = args
+    return resize_grey(load_display_pixels(Path(path)), size)
 
 
-def cached_inputs(
-    samples: Sequence[Sample], spec: PreprocessSpec, cache_dir: Path, *, workers: int = 2
+def cached_planes(
+    samples: Sequence[Sample], size: int, cache_dir: Path, *, workers: int = 2
 ) -> NDArray[np.float32]:
-    """``(n, size, size)`` grey model inputs for ``samples``, computed once and kept on disk."""
-    key = hashlib.sha256(
-        json.dumps([spec.to_dict(), [s.sha256 for s in samples]]).encode()
-    ).hexdigest()[:16]
-    path = cache_dir / f"inputs_{spec.size}_{key}.npy"
+    """``(n, size, size)`` resized grey planes, before the served normalisation (augmentation
+    works on these), computed once and kept on disk."""
+    key = hashlib.sha256(json.dumps([size, [s.sha256 for s in samples]]).encode()).hexdigest()
+    path = cache_dir / f"planes_{size}_{key[:16]}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("preprocessing %d images to %s", len(samples), path)
-    jobs = [(str(s.path), spec) for s in samples]
+    jobs = [(str(s.path), size) for s in samples]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        planes = list(pool.map(_one_channel, jobs, chunksize=64))
-    array = np.stack(planes).astype(np.float32)
+        planes = list(pool.map(_resized_plane, jobs, chunksize=64))
+    array = np.stack(planes).astype(np.float32) if planes else np.zeros((0, size, size), np.float32)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
     tmp.replace(path)
     return array
+
+
+def normalize_planes(planes: NDArray[np.float32], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """The served normalisation of each plane: ``to_model_input``'s grey plane."""
+    out = np.empty(planes.shape, dtype=np.float32)
+    for i, plane in enumerate(planes):
+        out[i] = normalize_grey(np.asarray(plane, dtype=np.float32), spec)
+    return out
+
+
+def cached_inputs(
+    samples: Sequence[Sample], spec: PreprocessSpec, cache_dir: Path
+) -> NDArray[np.float32]:
+    """``(n, size, size)`` grey model inputs for ``samples`` (``to_model_input`` keeps one
+    plane per channel: repeat at batch time), from the cached resized planes."""
+    return normalize_planes(cached_planes(samples, spec.size, cache_dir), spec)

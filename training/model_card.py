@@ -61,6 +61,82 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _auc(metrics: dict[str, Any], label: str) -> str:
+    return _fmt(metrics.get("per_class", {}).get(label, {}).get("auc"))
+
+
+def _held_out_sections(d: dict[str, Any]) -> list[str]:
+    """Sources a model never saw: this model's own (``held_out``) and the leave-one-source-out
+    runs that stand for this recipe at a new hospital (``leave_one_source_out``)."""
+    lines: list[str] = []
+    rows = [(source, "this model", m) for source, m in (d.get("held_out") or {}).items()] + [
+        (source, m["model_version"], m)
+        for source, m in (d.get("leave_one_source_out") or {}).items()
+    ]
+    if not rows:
+        return lines
+    lines += [
+        "",
+        "## Sources never trained on (leave-one-source-out)",
+        "",
+        "Each source below was left out of training entirely and evaluated whole: the nearest "
+        "thing here to a hospital the model never saw. A source holding one class only has no AUC.",
+        "",
+        "| held-out source | model | images | TB AUC | TB sens. | TB spec. | pneumonia AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source, model, m in rows:
+        tb = m["per_class"]["tuberculosis"]
+        lines.append(
+            f"| {source} | {model} | {m['n']} | {_auc(m, 'tuberculosis')} | "
+            f"{_fmt(tb['sensitivity'])} | {_fmt(tb['specificity'])} | {_auc(m, 'pneumonia')} |"
+        )
+    return lines
+
+
+def _audit_section(d: dict[str, Any]) -> list[str]:
+    """The source probe for this model and the one it started from, and that model's AUCs."""
+    probe = (d.get("test_metrics") or {}).get("source_probe")
+    start = d.get("starting_model") or {}
+    if not probe and not start:
+        return []
+    lines = [
+        "",
+        "## Shortcut audit",
+        "",
+        "Accuracy of a linear probe (5-fold) that tells which source a *normal* test image came "
+        "from, using the model's penultimate features; lower is better, chance is the largest "
+        "source's share.",
+        "",
+        "| model | probe accuracy | chance | normals per source |",
+        "|---|---|---|---|",
+    ]
+    for name, found in (
+        ("this model", probe),
+        (start.get("version"), start.get("test", {}).get("source_probe")),
+    ):
+        if found:
+            lines.append(
+                f"| {name} | {_fmt(found['accuracy'])} | {_fmt(found['chance'])} | "
+                f"{', '.join(f'{k}: {v}' for k, v in found['sources'].items())} |"
+            )
+    if start:
+        lines += [
+            "",
+            f"The starting model ({start.get('version')}) on this run's images, per source:",
+            "",
+            "| images | source | TB AUC | pneumonia AUC |",
+            "|---|---|---|---|",
+        ]
+        for split in ("test", "held_out"):
+            for source, aucs in (start.get(split, {}).get("per_source_auc") or {}).items():
+                lines.append(
+                    f"| {split.replace('_', ' ')} | {source} | {_fmt(aucs.get('tuberculosis'))} | "
+                    f"{_fmt(aucs.get('pneumonia'))} |"
+                )
+    return lines
+
+
 def render_model_card(card: ModelCard) -> str:
     """Markdown for ``card``, with test metrics overall and per source when present."""
     d = card.details
@@ -82,7 +158,8 @@ def render_model_card(card: ModelCard) -> str:
             for role, version in d.get("lineage", {}).items()
         ),
         f"- Input: display pixels -> area resize to {card.preprocess.size} px, per-image "
-        f"percentile clip {card.preprocess.clip_percentiles} -> 0..255, grey repeated into "
+        f"percentile clip {card.preprocess.clip_percentiles} -> 0..255"
+        f"{', CLAHE' if card.preprocess.equalize == 'clahe' else ''}, grey repeated into "
         f"{card.preprocess.channels} channels (`to_model_input`, the same code as serving).",
         f"- Flag thresholds: {', '.join(f'{k} {v:.4f}' for k, v in card.thresholds.items())}. "
         f"{rule[:1].upper()}{rule[1:]}.",
@@ -123,11 +200,15 @@ def render_model_card(card: ModelCard) -> str:
             f"{_fmt(v['specificity'])} |"
             for disease, v in validation.items()
         ]
+    lines += _held_out_sections(d)
     metrics = d.get("test_metrics")
     if metrics:
         lines += ["", "## Held-out test split", "", *_metrics_table(metrics)]
+        for name, m in metrics.get("per_population", {}).items():
+            lines += ["", f"### Population: {name}", "", *_metrics_table(m)]
         for source, m in metrics.get("per_source", {}).items():
             lines += ["", f"### Source: {source}", "", *_metrics_table(m)]
+    lines += _audit_section(d)
     lines += ["", "## Limitations", ""]
     lines += [f"- {item}" for item in d.get("limitations", LIMITATIONS)]
     lines += ["", "Data: see `../shared/data/README.md` for sources and licences.", ""]

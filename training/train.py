@@ -21,13 +21,20 @@ from numpy.typing import NDArray
 
 from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import PreprocessSpec
+from training.adversary import (
+    adversarial_model,
+    gradient_reversal_class,
+    plain_logs,
+    serving_of,
+)
 from training.augment import AugmentSpec, augmentation_layers
 from training.dataset import SPLITS, Sample, check_disjoint, discover, split_samples
-from training.images import cached_inputs
+from training.images import cached_planes
 
 log = logging.getLogger(__name__)
 
 SERVING_NAME = "screening_model"
+HELD_OUT = "held_out"
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,19 @@ class TrainConfig:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     balance: str = "class"
     average_with: Path | None = None
+    # Sources left out of training entirely and evaluated whole afterwards (leave-one-source-out).
+    hold_out: tuple[str, ...] = ()
+    equalize: str = "none"
+    # At most this many images of each (source, label) group per epoch, drawn afresh each epoch
+    # (0: all): a large group costs no more time than the weights let it count.
+    max_per_group: int = 0
+    # Backbone layers before the first one whose name starts with this stay frozen, in
+    # inference mode (BatchNorm statistics kept); "" trains the whole backbone.
+    train_from: str = ""
+    # Leave-one-source-out runs whose held-out figures go into this model's card.
+    loso_runs: tuple[Path, ...] = ()
+    # Weight of the source-adversary loss (training/adversary.py); 0: no adversary.
+    adversarial: float = 0.0
 
     @property
     def pretrained(self) -> bool:
@@ -79,7 +99,16 @@ class TrainConfig:
             "augment": self.augment.to_dict(),
             "balance": self.balance,
             "average_with": str(self.average_with) if self.average_with else None,
+            "hold_out": list(self.hold_out),
+            "equalize": self.equalize,
+            "max_per_group": self.max_per_group,
+            "train_from": self.train_from,
+            "adversarial": self.adversarial,
         }
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(size=self.size, equalize=self.equalize)
 
 
 def choose_precision(setting: str) -> str:
@@ -91,60 +120,113 @@ def choose_precision(setting: str) -> str:
     return "mixed_bfloat16" if gpu_visible() or cpu_has_bf16() else "float32"
 
 
-def class_weights(labels: NDArray[np.int64], n_classes: int) -> dict[int, float]:
-    """Balanced weights ``n / (k * n_c)``; a class absent from training gets weight 0."""
-    counts = np.bincount(labels, minlength=n_classes)
-    total = counts.sum()
-    return {
-        c: float(total / (n_classes * counts[c])) if counts[c] else 0.0 for c in range(n_classes)
-    }
+def group_weights(groups: Sequence[str], *, cap: int = 0) -> NDArray[np.float32]:
+    """Per-sample weights ``n / (k * n_g)`` that give each of the ``k`` groups equal weight.
 
-
-def group_weights(groups: Sequence[str]) -> NDArray[np.float32]:
-    """Per-sample weights ``n / (k * n_g)`` that give each of the ``k`` groups equal weight."""
+    With ``cap`` (at most that many of a group drawn per epoch) ``n_g`` is what an epoch
+    holds, ``min(n_g, cap)``, so a capped group is not weighted down twice.
+    """
     names, index, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    return (len(groups) / (len(names) * counts[index])).astype(np.float32)
+    if cap > 0:
+        counts = np.minimum(counts, cap)
+    return (counts.sum() / (len(names) * counts[index])).astype(np.float32)
 
 
 def sample_weights(
-    samples: Sequence[Sample], labels: NDArray[np.int64], balance: str
+    samples: Sequence[Sample], labels: NDArray[np.int64], balance: str, *, cap: int = 0
 ) -> NDArray[np.float32]:
     """Training weights: ``class`` balances labels; ``group`` balances every (source, label)
-    pair, so a small adult source counts as much as the large paediatric one."""
-    if balance == "class":
-        weights = class_weights(labels, len(LABELS))
-        return np.array([weights[int(c)] for c in labels], dtype=np.float32)
+    pair, so a small adult source counts as much as the large paediatric one. ``cap`` is the
+    per-epoch draw per (source, label) group (``--max-per-group``), which the weights allow for.
+    """
+    keys = [f"{s.source}/{s.label}" for s in samples]
     if balance == "group":
-        return group_weights([f"{s.source}/{s.label}" for s in samples])
-    raise ValueError(f"balance must be 'class' or 'group', got {balance!r}")
+        return group_weights(keys, cap=cap)
+    if balance != "class":
+        raise ValueError(f"balance must be 'class' or 'group', got {balance!r}")
+    _, index, counts = np.unique(np.asarray(keys), return_inverse=True, return_counts=True)
+    drawn = np.minimum(counts, cap) if cap > 0 else counts
+    per_epoch = np.bincount(labels, weights=(drawn / counts)[index], minlength=len(LABELS))
+    weights = np.where(per_epoch > 0, drawn.sum() / (len(LABELS) * np.maximum(per_epoch, 1e-9)), 0)
+    return np.asarray(weights[labels] * 1.0, dtype=np.float32)
+
+
+def epoch_order(
+    groups: NDArray[np.int64], max_per_group: int, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """A shuffled epoch: every index, or at most ``max_per_group`` drawn from each group."""
+    if max_per_group <= 0:
+        return rng.permutation(len(groups))
+    chosen = [
+        rng.permutation(np.flatnonzero(groups == g))[:max_per_group] for g in np.unique(groups)
+    ]
+    return rng.permutation(np.concatenate(chosen))
 
 
 def _batches_class() -> type:
     import keras
 
-    class Batches(keras.utils.PyDataset):  # type: ignore[misc, name-defined]
-        """Mini-batches from cached grey inputs, repeated into 3 channels, reshuffled per epoch."""
+    from pulmoscreen.imaging.preprocess import normalize_grey
+    from training.augment import jitter_plane
 
-        def __init__(self, x, y, batch_size, *, weights=None, shuffle=False, seed=0):  # type: ignore[no-untyped-def]
+    class Batches(keras.utils.PyDataset):  # type: ignore[misc, name-defined]
+        """Mini-batches from cached resized planes: optionally re-acquired (``jitter_plane``),
+        normalised as served, repeated into 3 channels; reshuffled (and resampled) per epoch."""
+
+        def __init__(  # type: ignore[no-untyped-def]
+            self,
+            x,
+            y,
+            batch_size,
+            spec,
+            *,
+            weights=None,
+            augment=None,
+            groups=None,
+            max_per_group=0,
+            shuffle=False,
+            seed=0,
+            sources=None,
+            adversarial=0.0,
+        ):
             super().__init__()
-            self.x, self.y, self.w = x, y, weights
+            self.x, self.y, self.w, self.spec, self.augment = x, y, weights, spec, augment
             self.batch_size, self.shuffle = batch_size, shuffle
+            self.groups = groups if groups is not None else np.zeros(len(y), np.int64)
+            self.max_per_group = max_per_group if shuffle else 0
+            self.sources, self.adversarial = sources, adversarial
             self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(y)) if shuffle else np.arange(len(y))
+            self.order = self._order()
+
+        def _order(self) -> NDArray[np.int64]:
+            if not self.shuffle:
+                return np.arange(len(self.y))
+            return epoch_order(self.groups, self.max_per_group, self.rng)
 
         def __len__(self) -> int:
-            return math.ceil(len(self.y) / self.batch_size)
+            return math.ceil(len(self.order) / self.batch_size)
 
         def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
             idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
-            xb = np.repeat(np.asarray(self.x[idx], dtype=np.float32)[..., None], 3, axis=-1)
+            planes = np.asarray(self.x[idx], dtype=np.float32)
+            if self.augment is not None:
+                planes = np.stack([jitter_plane(p, self.augment, self.rng) for p in planes])
+            grey = np.stack([normalize_grey(p, self.spec) for p in planes])
+            xb = np.repeat(grey[..., None], 3, axis=-1)
+            w = self.w[idx] if self.w is not None else np.ones(len(idx), np.float32)
+            if self.sources is not None:
+                onehot = np.eye(len(LABELS), dtype=np.float32)[self.y[idx]]
+                return (
+                    {"image": xb, "label": onehot},
+                    {"probs": self.y[idx], "source": self.sources[idx]},
+                    {"probs": w, "source": w * np.float32(self.adversarial)},
+                )
             if self.w is None:
                 return xb, self.y[idx]
-            return xb, self.y[idx], self.w[idx]
+            return xb, self.y[idx], w
 
         def on_epoch_end(self) -> None:
-            if self.shuffle:
-                self.order = self.rng.permutation(len(self.y))
+            self.order = self._order()
 
     return Batches
 
@@ -186,7 +268,12 @@ def prepare_splits(config: TrainConfig) -> dict[str, list[Sample]]:
         samples = discover(config.data)
         if not samples:
             raise ValueError(f"no labelled images under {config.data} (expected <label>/<file>)")
-        splits = split_samples(samples, seed=config.seed)
+        unknown = set(config.hold_out) - {s.source for s in samples}
+        if unknown:
+            raise ValueError(f"--hold-out-source {sorted(unknown)}: no such source in the data")
+        kept = [s for s in samples if s.source not in config.hold_out]
+        splits = split_samples(kept, seed=config.seed)
+        splits[HELD_OUT] = [s for s in samples if s.source in config.hold_out]
         save_splits(splits, path)
     check_disjoint(splits)
     for name in SPLITS:
@@ -199,12 +286,13 @@ def prepare_splits(config: TrainConfig) -> dict[str, list[Sample]]:
 def split_arrays(
     config: TrainConfig, splits: dict[str, list[Sample]]
 ) -> dict[str, tuple[NDArray[np.float32], NDArray[np.int64]]]:
-    spec = PreprocessSpec(size=config.size)
+    """Per split, the cached resized planes (before normalisation) and the label indices."""
     cache = config.cache_dir or config.out / "cache"
     out = {}
-    for name in SPLITS:
-        x = cached_inputs(splits[name], spec, cache)
-        y = np.array([LABELS.index(s.label) for s in splits[name]], dtype=np.int64)
+    for name in (*SPLITS, HELD_OUT):
+        items = splits.get(name, [])
+        x = cached_planes(items, config.size, cache)
+        y = np.array([LABELS.index(s.label) for s in items], dtype=np.int64)
         out[name] = (x, y)
     return out
 
@@ -217,6 +305,8 @@ class _Checkpoint:
 
         class Checkpoint(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                if logs is not None:
+                    plain_logs(logs)  # in place: early stopping reads the same names
                 logs = {k: float(v) for k, v in (logs or {}).items()}
                 history.append({"epoch": epoch + 1, "phase": phase, **logs})
                 best = min((h["val_loss"] for h in history[:-1]), default=math.inf)
@@ -230,14 +320,15 @@ class _Checkpoint:
         return Checkpoint()
 
 
-def _compile(model: Any, learning_rate: float, steps: int) -> None:
+def _compile(model: Any, learning_rate: float, steps: int, *, adversarial: bool) -> None:
     import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
+    loss = "sparse_categorical_crossentropy"
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss={"probs": loss, "source": loss} if adversarial else loss,
+        metrics={"probs": ["accuracy"]} if adversarial else ["accuracy"],
     )
 
 
@@ -252,7 +343,7 @@ def load_trained(path: Path) -> Any:
     return load_screening_model(path, labels=LABELS).model
 
 
-def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:
+def _build_training_model(config: TrainConfig, n_sources: int) -> tuple[Any, Any]:
     import keras
 
     from pulmoscreen.model import build_model
@@ -269,11 +360,35 @@ def _build_training_model(config: TrainConfig) -> tuple[Any, Any]:
             input_size=config.size,
             imagenet_weights_file=config.imagenet_weights,
         )
+    augment = augmentation_layers(config.augment, seed=config.seed)
+    if config.adversarial > 0:
+        model = adversarial_model(
+            serving, augment, size=config.size, n_labels=len(LABELS), n_sources=n_sources
+        )
+        return model, serving
     inputs = keras.Input((config.size, config.size, 3), name="image")
     x = inputs
-    for layer in augmentation_layers(config.augment, seed=config.seed):
+    for layer in augment:
         x = layer(x)
     return keras.Model(inputs, serving(x), name="training"), serving
+
+
+def set_trainable(serving: Any, *, phase_one: bool, from_: str) -> None:
+    """Freeze the whole backbone (head-only phase), or its layers before the first whose name
+    starts with ``from_``. Frozen BatchNorm layers run in inference mode in Keras 3, so their
+    statistics do not drift while the layers above them learn."""
+    import keras
+
+    backbone = next(layer for layer in serving.layers if isinstance(layer, keras.Model))
+    backbone.trainable = not phase_one
+    if phase_one or not from_:
+        return
+    names = [layer.name for layer in backbone.layers]
+    first = next((i for i, name in enumerate(names) if name.startswith(from_)), None)
+    if first is None:
+        raise ValueError(f"--train-from {from_!r}: no backbone layer starts with it")
+    for layer in backbone.layers[:first]:
+        layer.trainable = False
 
 
 def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
@@ -286,12 +401,39 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     splits = prepare_splits(config)
     arrays = split_arrays(config, splits)
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
-    weights = sample_weights(splits["train"], y_train, config.balance)
+    weights = sample_weights(splits["train"], y_train, config.balance, cap=config.max_per_group)
     batches = _batches_class()
+    groups = np.unique([f"{s.source}/{s.label}" for s in splits["train"]], return_inverse=True)[1]
+    acquisition = config.augment if config.augment.acquisition_p > 0 else None
     train_ds = batches(
-        x_train, y_train, config.batch_size, weights=weights, shuffle=True, seed=config.seed
+        x_train,
+        y_train,
+        config.batch_size,
+        config.spec,
+        weights=weights,
+        augment=acquisition,
+        groups=groups,
+        max_per_group=config.max_per_group,
+        shuffle=True,
+        seed=config.seed,
     )
-    val_ds = batches(x_val, y_val, config.batch_size)
+    names = sorted({s.source for s in splits["train"]})
+    adversary = config.adversarial > 0
+
+    def source_index(split: str) -> NDArray[np.int64] | None:
+        # validation images of a source absent from training count as the first source
+        known = {name: i for i, name in enumerate(names)}
+        return np.array([known.get(s.source, 0) for s in splits[split]]) if adversary else None
+
+    train_ds.sources, train_ds.adversarial = source_index("train"), config.adversarial
+    val_ds = batches(
+        x_val,
+        y_val,
+        config.batch_size,
+        config.spec,
+        sources=source_index("val"),
+        adversarial=config.adversarial,
+    )
     state_path = config.out / "state.json"
     state = json.loads(state_path.read_text()) if resume and state_path.exists() else None
     history: list[dict[str, float]] = state["history"] if state else []
@@ -299,11 +441,13 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     if done >= config.epochs:
         return state or {}
     if state:
+        if adversary:
+            gradient_reversal_class()  # registers the layer the saved model names
         model = keras.models.load_model(config.out / "last.keras")
-        serving = model.get_layer(SERVING_NAME)
+        serving = serving_of(model, SERVING_NAME) if adversary else model.get_layer(SERVING_NAME)
         log.info("resuming after epoch %d (phase %d)", done, state["phase"])
     else:
-        model, serving = _build_training_model(config)
+        model, serving = _build_training_model(config, len(names))
     phases = [(1, config.head_epochs, config.learning_rate)] if config.pretrained else []
     last_lr = config.fine_tune_learning_rate if config.pretrained else config.learning_rate
     phases.append((2, config.epochs, last_lr))
@@ -311,10 +455,9 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     for phase, until, lr in phases:
         if done >= until:
             continue
-        backbone = next(layer for layer in serving.layers if isinstance(layer, keras.Model))
-        backbone.trainable = not (config.pretrained and phase == 1)
+        set_trainable(serving, phase_one=config.pretrained and phase == 1, from_=config.train_from)
         if not state or state["phase"] != phase:
-            _compile(model, lr, len(train_ds) * (until - done))
+            _compile(model, lr, len(train_ds) * (until - done), adversarial=adversary)
         callbacks = [
             _Checkpoint(config.out, serving, phase, history),
             keras.callbacks.EarlyStopping(

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+EQUALIZATIONS = ("none", "clahe")
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -20,11 +22,19 @@ class PreprocessSpec:
         channels: the grey image is repeated into this many channels (3 for ResNet50).
         clip_percentiles: per-image intensity normalisation: these percentiles map to 0 and 255,
             which removes most of the brightness and contrast differences between sources.
+        equalize: ``"clahe"`` adds contrast-limited adaptive histogram equalisation after the
+            clip, which evens out the tone curves that scanners and their processing leave;
+            ``"none"`` (cards written before the option existed) skips it.
     """
 
     size: int = 224
     channels: int = 3
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    equalize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.equalize not in EQUALIZATIONS:
+            raise ValueError(f"equalize must be one of {EQUALIZATIONS}, got {self.equalize!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,26 +48,43 @@ class PreprocessSpec:
                 float(data["clip_percentiles"][0]),
                 float(data["clip_percentiles"][1]),
             ),
+            equalize=str(data.get("equalize", "none")),
         )
 
 
-def to_model_input(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.float32]:
-    """Display pixels (any size, grey or RGB, any numeric dtype) -> ``(size, size, channels)``.
-
-    Steps: luminance if colour, area resize to ``spec.size``, percentile clip and scale to
-    0..255 (float32), channel repeat. Deterministic: equal pixels give equal arrays.
-    """
+def resize_grey(pixels: NDArray[Any], size: int) -> NDArray[np.float32]:
+    """Display pixels (any size, grey or RGB, any numeric dtype) -> ``(size, size)`` float32
+    luminance, by area resize; values keep the input's scale."""
     grey = pixels.astype(np.float32, copy=False)
     if grey.ndim == 3:
         grey = np.asarray(cv2.cvtColor(grey, cv2.COLOR_RGB2GRAY), dtype=np.float32)
     if grey.ndim != 2 or min(grey.shape) < 1:
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
-    small = cv2.resize(grey, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA))
+
+
+def normalize_grey(small: NDArray[np.float32], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """A resized grey plane -> 0..255 float32: percentile clip, then ``spec.equalize``."""
     lo, hi = np.percentile(small, spec.clip_percentiles)
     # A flat image must stay flat: resizing leaves float noise that a plain hi > lo would stretch.
     if hi - lo > 1e-5 * max(1.0, abs(float(hi))):
         scaled = np.clip((small - lo) / (hi - lo), 0.0, 1.0)
     else:
         scaled = np.zeros_like(small)
-    out = (scaled * 255.0).astype(np.float32)
-    return np.repeat(out[:, :, None], spec.channels, axis=2)
+    if spec.equalize == "clahe":
+        # Tiles of about 1/8 of the side: local contrast without amplifying noise in flat areas.
+        clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+        eight_bit = np.round(scaled * 255.0).astype(np.uint8)
+        return np.asarray(clahe.apply(eight_bit), dtype=np.float32)
+    return (scaled * 255.0).astype(np.float32)
+
+
+def to_model_input(pixels: NDArray[Any], spec: PreprocessSpec) -> NDArray[np.float32]:
+    """Display pixels (any size, grey or RGB, any numeric dtype) -> ``(size, size, channels)``.
+
+    Steps: luminance if colour, area resize to ``spec.size``, percentile clip and scale to
+    0..255 (float32), optional equalisation, channel repeat. Deterministic: equal pixels give
+    equal arrays.
+    """
+    plane = normalize_grey(resize_grey(pixels, spec.size), spec)
+    return np.repeat(plane[:, :, None], spec.channels, axis=2)

@@ -1,11 +1,13 @@
 """Train -> evaluate -> serve, end to end with a tiny stand-in network on synthetic data."""
 
+import csv
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
 
 from pulmoscreen.db import ModelRow, PredictionRow, session_factory
@@ -22,19 +24,21 @@ MARKS = {
 }
 
 
-def make_dataset(root: Path, per_label: int = 24) -> None:
+def make_dataset(root: Path, per_label: int = 24, seed: int = 0) -> None:
     """Synthetic chests; disease images carry a bright patch where the disease 'is'."""
     for li, (label, patch) in enumerate(MARKS.items()):
         folder = root / label
         folder.mkdir(parents=True)
         for i in range(per_label):
-            img = chest_phantom(64, 64, seed=1000 * li + i)
+            img = chest_phantom(64, 64, seed=seed + 1000 * li + i)
             if patch:
                 img[patch] += 0.5
             # two images per patient: the split must keep them together
             name = f"person{li * 100 + i // 2}_{label}_{i}.png"
             cv2.imwrite(str(folder / name), (np.clip(img, 0, 1) * 255).astype(np.uint8))
-    make_cxr_dicom(root / "normal", seed=77, rows=256, cols=256, filename="person999_dcm.dcm")
+    make_cxr_dicom(
+        root / "normal", seed=77 + seed, rows=256, cols=256, filename="person999_dcm.dcm"
+    )
 
 
 def train_tiny(data: Path, run: Path, env: dict[str, str], *extra: str):
@@ -262,3 +266,71 @@ class TestResumeAndFineTune:
         assert done.returncode == 0, done.stderr
         history = json.loads((tuned / "state.json").read_text())["history"]
         assert [(h["epoch"], h["phase"]) for h in history] == [(1, 1), (2, 2), (3, 2)]
+
+
+class TestLeaveOneSourceOut:
+    def test_held_out_figures_are_computed_on_exactly_the_held_out_files(self, tmp_path):
+        site, other = tmp_path / "site", tmp_path / "other_hospital"
+        make_dataset(site)
+        make_dataset(other, per_label=12, seed=50_000)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        loso = tmp_path / "loso"
+        done = run_cli(
+            "train",
+            *("--data", str(site), "--data", str(other), "--out", str(loso)),
+            *("--arch", "tiny", "--size", "32", "--epochs", "2"),
+            *("--hold-out-source", "other_hospital", "--acquisition", "0.5"),
+            *("--max-per-group", "10", "--equalize", "clahe", "--adversarial", "0.3"),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        splits = json.loads((loso / "splits.json").read_text())
+        held_files = {str(p) for p in other.rglob("*") if p.is_file()}
+        assert {r["path"] for r in splits["held_out"]} == held_files
+        for name in ("train", "val", "test"):
+            assert all(r["source"] == "site" for r in splits[name])
+        with (loso / "held_out" / "other_hospital" / "predictions.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert {r["file"] for r in rows} == held_files
+        card = json.loads((loso / "pulmoscreen_resnet50.card.json").read_text())
+        held = card["details"]["held_out"]["other_hospital"]
+        assert held["n"] == len(held_files)
+        truth = [r["true_label"] for r in rows]
+        p_tb = np.array([float(r["p_tuberculosis"]) for r in rows])
+        expected = roc_auc_score([t == "tuberculosis" for t in truth], p_tb)
+        assert held["per_class"]["tuberculosis"]["auc"] == pytest.approx(expected)
+        assert card["preprocess"]["equalize"] == "clahe"
+        assert card["details"]["training"]["hold_out"] == ["other_hospital"]
+        assert card["details"]["training"]["adversarial"] == 0.3
+
+        # a model trained with every source carries the held-out run's figures in its card
+        full = tmp_path / "full"
+        done = run_cli(
+            "train",
+            *("--data", str(site), "--data", str(other), "--out", str(full)),
+            *("--arch", "tiny", "--size", "32", "--epochs", "1"),
+            *("--loso-run", str(loso)),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        card = json.loads((full / "pulmoscreen_resnet50.card.json").read_text())
+        assert "held_out" not in card["details"]
+        figures = card["details"]["leave_one_source_out"]["other_hospital"]
+        assert figures["per_class"] == held["per_class"]
+        assert figures["trained_on"] == ["site/normal", "site/pneumonia", "site/tuberculosis"]
+        assert "leave-one-source-out" in (full / "MODEL_CARD.md").read_text()
+
+    def test_an_unknown_source_is_refused(self, tmp_path):
+        site = tmp_path / "site"
+        make_dataset(site)
+        done = run_cli(
+            "train",
+            *("--data", str(site), "--out", str(tmp_path / "run")),
+            *("--arch", "tiny", "--size", "32", "--hold-out-source", "nowhere"),
+            env=pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state")),
+            cwd=tmp_path,
+        )
+        assert done.returncode != 0
+        assert "no such source" in done.stdout + done.stderr

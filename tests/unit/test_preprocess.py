@@ -1,7 +1,13 @@
+import cv2
 import numpy as np
 import pytest
 
-from pulmoscreen.imaging.preprocess import PreprocessSpec, to_model_input
+from pulmoscreen.imaging.preprocess import (
+    PreprocessSpec,
+    normalize_grey,
+    resize_grey,
+    to_model_input,
+)
 
 
 class TestToModelInput:
@@ -48,3 +54,45 @@ class TestPreprocessSpec:
     def test_round_trip(self):
         spec = PreprocessSpec(size=96, channels=3, clip_percentiles=(1.0, 99.0))
         assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+    def test_cards_written_before_equalisation_load_without_it(self):
+        old = {"size": 128, "channels": 3, "clip_percentiles": [0.5, 99.5]}
+        assert PreprocessSpec.from_dict(old).equalize == "none"
+
+    def test_unknown_equalisation_is_refused(self):
+        with pytest.raises(ValueError, match="equalize"):
+            PreprocessSpec(equalize="retinex")
+
+
+class TestEqualize:
+    def test_clahe_evens_out_a_tone_curve(self):
+        """Two renderings of one image through different tone curves (as two scanners'
+        processing would give) are closer after CLAHE than after the percentile clip alone."""
+        rng = np.random.default_rng(4)
+        base = cv2.GaussianBlur(rng.random((256, 256)).astype(np.float32), (0, 0), 6)
+        base = (base - base.min()) / (base.max() - base.min())
+        curved = base**2.2
+        plain, clahe = PreprocessSpec(size=64), PreprocessSpec(size=64, equalize="clahe")
+
+        def gap(spec: PreprocessSpec) -> float:
+            return float(np.abs(to_model_input(base, spec) - to_model_input(curved, spec)).mean())
+
+        assert gap(clahe) < 0.6 * gap(plain)
+
+    def test_clahe_output_is_deterministic_and_in_range(self):
+        pixels = np.random.default_rng(5).integers(0, 4096, (300, 280)).astype(np.uint16)
+        spec = PreprocessSpec(size=64, equalize="clahe")
+        out = to_model_input(pixels, spec)
+        assert np.array_equal(out, to_model_input(pixels.copy(), spec))
+        assert out.min() >= 0.0
+        assert out.max() <= 255.0
+        assert not np.array_equal(out, to_model_input(pixels, PreprocessSpec(size=64)))
+
+    def test_model_input_is_the_normalised_resized_plane(self):
+        """Training caches ``resize_grey`` planes and normalises them per batch: the same
+        arrays as serving's ``to_model_input``."""
+        pixels = np.random.default_rng(6).integers(0, 255, (200, 240)).astype(np.uint8)
+        for equalize in ("none", "clahe"):
+            spec = PreprocessSpec(size=48, equalize=equalize)
+            plane = normalize_grey(resize_grey(pixels, spec.size), spec)
+            assert np.array_equal(to_model_input(pixels, spec)[:, :, 1], plane)

@@ -100,3 +100,22 @@ class TestSampleWeights:
 
         with pytest.raises(ValueError, match="balance"):
             sample_weights(self.samples([("a", "normal")]), np.array([0]), "source")
+
+    def test_group_balance_with_a_per_epoch_cap_is_not_applied_twice(self):
+        """Capped at 2 per epoch, the 6-image group is already down to 2: weighted as 2."""
+        from training.train import sample_weights
+
+        groups = [("kermany", "pneumonia")] * 6 + [("nih", "pneumonia")] * 2 + [("tb", "normal")]
+        labels = np.array([1] * 8 + [0])
+        got = sample_weights(self.samples(groups), labels, "group", cap=2)
+        drawn = np.array([2 / 6] * 6 + [1.0] * 3)  # chance each image is in an epoch
+        per_group = [(got * drawn)[:6].sum(), (got * drawn)[6:8].sum(), (got * drawn)[8]]
+        np.testing.assert_allclose(per_group, [5 / 3] * 3)
+
+    def test_class_balance_with_a_cap_counts_what_an_epoch_holds(self):
+        from training.train import sample_weights
+
+        groups = [("a", "normal")] * 6 + [("b", "tuberculosis")] * 2
+        labels = np.array([0] * 6 + [2] * 2)
+        got = sample_weights(self.samples(groups), labels, "class", cap=2)
+        np.testing.assert_allclose(got, [4 / 6] * 6 + [4 / 6] * 2)
