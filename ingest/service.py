@@ -209,7 +209,11 @@ class Ingestor:
             existing = queries.image_by_sop(session, meta.sop_uid)
             if existing is not None:
                 return self._existing(path, meta, source, sha, existing)
-            study_id = queries.upsert_study(session, meta)
+            try:
+                study_id = queries.upsert_study(session, meta)
+            except Rejected as exc:
+                session.rollback()
+                return self._quarantine(path, source, exc.reason, exc.detail, meta=meta)
             image_id = queries.add_queued_image(
                 session,
                 study_id=study_id,

@@ -52,6 +52,7 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"
     UNREADABLE = "unreadable"
     WORKER_CRASH = "worker_crash"
+    PATIENT_MISMATCH = "patient_mismatch"
 
 
 class Rejected(Exception):  # noqa: N818 - reads as "raise Rejected(reason, ...)"

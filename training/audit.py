@@ -1,7 +1,8 @@
 """Shortcut audit: how well the model's own features tell which collection an image came from.
 
 A screening model should encode the disease, not the scanner, hospital or file format. On
-images of one label (``normal``), a linear probe on the penultimate features that tells the
+images of one label and one population (``normal`` adults: children are told apart from adults
+by anatomy, which is no shortcut), a linear probe on the penultimate features that tells the
 source apart far better than chance shows the features carry acquisition cues that a new
 hospital will not share. Lower is better; chance is the share of the largest source.
 """
@@ -17,7 +18,7 @@ from numpy.typing import NDArray
 
 from pulmoscreen.domain import Label
 from pulmoscreen.model import LoadedModel
-from training.dataset import Sample
+from training.dataset import Sample, population
 
 MIN_PER_SOURCE = 10
 
@@ -61,10 +62,14 @@ def source_probe(
     grey: NDArray[np.float32],
     *,
     label: str = Label.NORMAL.value,
+    among: str = "adults",
 ) -> dict[str, Any] | None:
-    """Cross-validated accuracy of telling the source of ``label`` images from the model's
-    features, beside chance; None when fewer than two sources have enough such images."""
-    counts = Counter(s.source for s in samples if s.label == label)
+    """Cross-validated accuracy of telling the source of ``label`` images of the ``among``
+    population from the model's features, beside chance; None when fewer than two sources
+    have enough such images."""
+    counts = Counter(
+        s.source for s in samples if s.label == label and population(s.source) == among
+    )
     sources = sorted(src for src, n in counts.items() if n >= MIN_PER_SOURCE)
     if len(sources) < 2:
         return None
@@ -73,6 +78,7 @@ def source_probe(
     features = penultimate_features(loaded, np.asarray(grey)[keep])
     return {
         "label": label,
+        "population": among,
         "sources": {src: counts[src] for src in sources},
         "accuracy": probe_accuracy(features, groups),
         "chance": max(counts[src] for src in sources) / len(groups),

@@ -104,9 +104,9 @@ def _audit_section(d: dict[str, Any]) -> list[str]:
         "",
         "## Shortcut audit",
         "",
-        "Accuracy of a linear probe (5-fold) that tells which source a *normal* test image came "
-        "from, using the model's penultimate features; lower is better, chance is the largest "
-        "source's share.",
+        "Accuracy of a linear probe (5-fold) that tells which source a *normal adult* test image "
+        "came from, using the model's penultimate features; lower is better, chance is the "
+        "largest source's share.",
         "",
         "| model | probe accuracy | chance | normals per source |",
         "|---|---|---|---|",

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from pulmoscreen.db.schema import Image, ModelRow, PredictionRow, Study, utcnow
-from pulmoscreen.domain import ImageStatus, Prediction, RejectReason, StudyStatus
+from pulmoscreen.domain import ImageStatus, Prediction, Rejected, RejectReason, StudyStatus
 from pulmoscreen.imaging.dicom import DicomMeta
 from pulmoscreen.model.card import ModelCard
 
@@ -24,7 +24,12 @@ def _insert(session: Session, table: Any) -> Any:
 
 
 def upsert_study(session: Session, meta: DicomMeta) -> int:
-    """Id of the study with ``meta.study_uid``, created if new (safe under concurrency)."""
+    """Id of the study with ``meta.study_uid``, created if new (safe under concurrency).
+
+    Raises:
+        Rejected: ``patient_mismatch`` when the study is already recorded under another
+            PatientID.
+    """
     stmt = (
         _insert(session, Study)
         .values(
@@ -39,7 +44,18 @@ def upsert_study(session: Session, meta: DicomMeta) -> int:
         .on_conflict_do_nothing(index_elements=["study_uid"])
     )
     session.execute(stmt)
-    return int(session.scalars(select(Study.id).where(Study.study_uid == meta.study_uid)).one())
+    study_id, patient_id = session.execute(
+        select(Study.id, Study.patient_id).where(Study.study_uid == meta.study_uid)
+    ).one()
+    if (patient_id or "") != (meta.patient_id or ""):
+        # One StudyInstanceUID under two PatientIDs (UIDs made badly, or an ID corrected
+        # mid-study): listing the image under the study's patient would call back the wrong
+        # person. The detail names no ID: they are PHI.
+        raise Rejected(
+            RejectReason.PATIENT_MISMATCH,
+            f"StudyInstanceUID already belongs to study {study_id} under another PatientID",
+        )
+    return int(study_id)
 
 
 def image_by_sop(session: Session, sop_uid: str) -> Image | None:

@@ -61,6 +61,30 @@ class TestScan:
         ]
         assert all(r.status == "rejected" and r.reject_detail for r in rows(ingestor))
 
+    def test_one_study_under_two_patients_is_quarantined_not_misattributed(
+        self, drop, ingestor, sent
+    ):
+        """The second file's PatientID differs from the study's: it must not be listed under
+        the first patient; it is quarantined with a reason that names no patient."""
+        study = "1.2.826.0.1.3680043.8.498.4242"
+        make_cxr_dicom(drop, seed=40, filename="a.dcm", StudyInstanceUID=study, PatientID="PAT-A")
+        [first] = ingestor.scan_once()
+        make_cxr_dicom(drop, seed=41, filename="b.dcm", StudyInstanceUID=study, PatientID="PAT-B")
+        [second] = ingestor.scan_once()
+        assert first.status == "queued"
+        assert (second.status, second.reason) == ("rejected", "patient_mismatch")
+        assert sent == [first.image_id]
+        rejected = rows(ingestor)[-1]
+        assert rejected.study_id is None
+        assert "PAT-" not in rejected.reject_detail
+        assert "/quarantine/" in (rejected.stored_path or "")
+        with ingestor.sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Study)) == 1
+        # the same PatientID again joins the study
+        make_cxr_dicom(drop, seed=42, filename="c.dcm", StudyInstanceUID=study, PatientID="PAT-A")
+        [third] = ingestor.scan_once()
+        assert third.status == "queued"
+
     def test_rescan_adds_nothing(self, drop, ingestor, sent):
         make_cxr_dicom(drop, seed=4)
         (drop / "junk.dcm").write_text("junk")
