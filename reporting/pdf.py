@@ -84,7 +84,7 @@ def _summary_page(fig: Figure, s: DailySummary) -> None:
         fig.text(0.05, y, "No studies were received on this day.", fontsize=16, weight="bold")
         y -= 0.07
     for line in _summary_lines(s):
-        fig.text(0.05, y, line, fontsize=13)
+        fig.text(0.05, y, line, fontsize=13, parse_math=False)
         y -= 0.05
 
 
@@ -152,6 +152,8 @@ def _draw_lines(fig: Figure, lines: list[str], *, top: float) -> None:
             fontsize=8,
             va="center",
             weight=weight,
+            # header text (PatientID, file names) may hold '$': never read it as mathtext
+            parse_math=False,
         )
 
 

@@ -334,6 +334,20 @@ class TestWritePdf:
         reader = PdfReader(io.BytesIO(path.read_bytes()))
         assert len(reader.pages) == pages == page_count(s) == 1 + max(1, -(-n_flagged // 22)) + 4
 
+    def test_header_text_is_printed_as_written_never_as_mathtext(self, tmp_path, busy_charts):
+        """A PatientID or file name with '$' (mathtext to matplotlib) must not stop the PDF."""
+        from pypdf import PdfReader
+
+        odd = r"$\foo$ x$^2"
+        rows = [
+            flagged(at(DAY, 1, 0), p_tb=0.6, p_pn=0.1, patient_id=odd, accession="A$1"),
+            flagged(at(DAY, 2, 0), p_tb=0.6, p_pn=0.1, source_path="in/$\\bad{$.dcm"),
+        ]
+        path = tmp_path / "summary.pdf"
+        write_pdf(summarise(rows), path, busy_charts)
+        text = PdfReader(io.BytesIO(path.read_bytes())).pages[1].extract_text()
+        assert odd in text
+
 
 class TestReportSettings:
     def test_unknown_time_zone_is_refused(self):
