@@ -53,6 +53,7 @@ class RejectReason(StrEnum):
     UNREADABLE = "unreadable"
     WORKER_CRASH = "worker_crash"
     PATIENT_MISMATCH = "patient_mismatch"
+    INVALID_HEADER = "invalid_header"
 
 
 class Rejected(Exception):  # noqa: N818 - reads as "raise Rejected(reason, ...)"

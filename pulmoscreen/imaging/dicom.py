@@ -135,11 +135,25 @@ class DicomImage:
     meta: DicomMeta
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
+# C0 controls and DEL, but ESC (0x1B), which ISO 2022 character sets use to switch sets
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+
+
+def _text(ds: Dataset, keyword: str, *, strict: bool = True) -> str | None:
+    """The element's value as stripped text (trailing NUL padding removed).
+
+    Raises:
+        Rejected: ``invalid_header`` when ``strict`` and the value holds control characters
+            (an embedded NUL, say), which no DICOM text may and a database refuses.
+    """
     value = ds.get(keyword)
     if value is None:
         return None
-    text = str(value).strip()
+    text = str(value).strip(" \x00\t\r\n")
+    if _CONTROL.search(text):
+        if strict:
+            raise Rejected(RejectReason.INVALID_HEADER, f"{keyword} holds control characters")
+        text = _CONTROL.sub("", text)
     return text or None
 
 
@@ -254,7 +268,7 @@ def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
         cols=int(ds.get("Columns") or 0),
         transfer_syntax=str(tsyntax)[:MAX_UID_CHARS] if tsyntax else None,
         descriptions=tuple(
-            text.upper()[:64] for k in DESCRIPTION_KEYWORDS if (text := _text(ds, k))
+            text.upper()[:64] for k in DESCRIPTION_KEYWORDS if (text := _text(ds, k, strict=False))
         ),
     )
 

@@ -82,6 +82,22 @@ def replace_frame(path: Path, frame: bytes) -> Path:
 
 
 class TestReadHeader:
+    @pytest.mark.parametrize("keyword", ["PatientID", "AccessionNumber", "BodyPartExamined"])
+    def test_an_embedded_nul_is_a_coded_rejection(self, tmp_path, keyword):
+        """A database refuses NUL in text; the file is quarantined, not left to stop ingest."""
+        path = make_cxr_dicom(tmp_path, seed=12, **{keyword: "CHE\x00ST"})
+        with pytest.raises(Rejected) as caught:
+            read_header(path)
+        assert caught.value.reason == RejectReason.INVALID_HEADER
+        assert keyword in caught.value.detail
+        assert "CHE" not in caught.value.detail
+
+    def test_trailing_nul_padding_is_not_part_of_the_value(self, tmp_path):
+        path = make_cxr_dicom(tmp_path, seed=13, PatientID="PAT42\x00", StudyDescription="\x01X")
+        meta = read_header(path)
+        assert meta.patient_id == "PAT42"
+        assert meta.descriptions == ("X",)
+
     def test_reads_identifiers(self, tmp_path):
         path = make_cxr_dicom(tmp_path, seed=11, AccessionNumber="A123")
         meta = read_header(path)
