@@ -274,16 +274,8 @@ class Ingestor:
         return IngestOutcome(image_id, "rejected", reason.value)
 
     def _update_stored_path(self, image_id: int, landed: Path) -> None:
-        from sqlalchemy import update
-
-        from pulmoscreen.db.schema import Image
-
         with self.sessions.begin() as session:
-            session.execute(
-                update(Image)
-                .where(Image.id == image_id)
-                .values(stored_path=to_stored_path(landed, self.storage_root))
-            )
+            queries.set_stored_path(session, image_id, to_stored_path(landed, self.storage_root))
 
     def watch(self, stop: threading.Event, *, poll_interval: float) -> None:
         """Ingest until ``stop`` is set: filesystem events wake the loop early, polling backs it."""

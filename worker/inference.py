@@ -212,15 +212,26 @@ def _reject(  # type: ignore[no-untyped-def]
     *,
     storage_root: Path | None,
 ) -> None:
-    """Quarantine a queued image whose pixels cannot be used; the pipeline goes on."""
+    """Quarantine a queued image whose pixels cannot be used; the pipeline goes on.
+
+    The row is marked first, and only while still queued: a result that landed meanwhile keeps
+    its file where it is. The file moves after, and the row then names its new place; a crash
+    in between leaves a rejected row that names where the file still is.
+    """
     log.warning("image %d rejected at decode: %s", image_id, reason.value)
-    stored: str | None = None
-    if path.exists():
-        root = _drop_root(path)
-        dest = quarantine_file(path, root, reason=reason.value, detail=detail, source=source)
-        stored = to_stored_path(dest, storage_root)
+    stored = to_stored_path(path, storage_root) if path.exists() else None
     with factory.begin() as session:
-        queries.reject_image(session, image_id, reason=reason, detail=detail, stored_path=stored)
+        if not queries.reject_image(
+            session, image_id, reason=reason, detail=detail, stored_path=stored
+        ):
+            return
+    if stored is None:
+        return
+    dest = quarantine_file(
+        path, _drop_root(path), reason=reason.value, detail=detail, source=source
+    )
+    with factory.begin() as session:
+        queries.set_stored_path(session, image_id, to_stored_path(dest, storage_root))
 
 
 def _drop_root(path: Path) -> Path:

@@ -154,6 +154,15 @@ def reject_image(
     return True
 
 
+def set_stored_path(session: Session, image_id: int, stored_path: str) -> None:
+    """Record where an image's file now lies (after a move)."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(stored_path=stored_path, updated_at=utcnow())
+    )
+
+
 def register_model(session: Session, card: ModelCard) -> int:
     """Id of the model row for ``card.version`` (created if new), made the active model."""
     stmt = (
