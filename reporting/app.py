@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from pulmoscreen.config import Settings, get_settings
 from pulmoscreen.queue import make_service_celery
-from reporting.service import default_report_day, run_report
+from reporting.service import run_nightly, run_report
 
 REPORTS_QUEUE = "reports"
 REPORT_TASK = "pulmoscreen.nightly_report"
@@ -50,14 +50,19 @@ def create_app(settings: Settings) -> Celery:
         acks_late=True,
         shared=False,  # each app runs its own settings (see worker.app)
         autoretry_for=(OperationalError,),
-        retry_backoff=True,
-        retry_jitter=True,
-        max_retries=settings.max_retries,
+        # 30 s, 1, 2, 4, 8 min, then every 10 min: a database down for about an hour delays
+        # the night's report instead of losing it
+        retry_backoff=30,
+        retry_backoff_max=600,
+        retry_jitter=False,
+        max_retries=max(settings.max_retries, 10),
     )
     def nightly_report(day: str | None = None) -> str:
-        """Write the report of ``day`` (ISO date; default yesterday, local); returns its HTML."""
-        target = date.fromisoformat(day) if day else default_report_day(settings)
-        return str(run_report(settings, day=target).html)
+        """Write the report of ``day`` (ISO date), or yesterday's (local) after any night missed
+        in the week before; returns the last report's HTML path."""
+        if day:
+            return str(run_report(settings, day=date.fromisoformat(day)).html)
+        return str(run_nightly(settings)[-1].html)
 
     return app
 

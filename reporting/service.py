@@ -113,3 +113,13 @@ def run_report(settings: Settings, *, day: date, out_dir: Path | None = None) ->
         report_queries.set_site_timezone(session, settings.site_timezone, now=now)
     log.info("report for %s written to %s in %.2fs", day, out, duration)
     return ReportFiles(day, out, html, pdf, csv, pages, summary, duration)
+
+
+def run_nightly(settings: Settings, *, now: datetime | None = None) -> list[ReportFiles]:
+    """Yesterday's report, after those of any night missed in the week before (oldest first)."""
+    yesterday = default_report_day(settings, now)
+    with session_factory(settings.resolved_database_url())() as session:
+        days = report_queries.days_to_report(session, yesterday)
+    if len(days) > 1:
+        log.warning("catching up %d missed nightly reports", len(days) - 1)
+    return [run_report(settings, day=day) for day in days]

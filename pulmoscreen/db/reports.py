@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -113,6 +113,25 @@ def save_report(session: Session, values: dict[str, Any]) -> int:
             select(ReportRow.id).where(ReportRow.report_date == values["report_date"])
         ).one()
     )
+
+
+def days_to_report(session: Session, latest: date, *, window: int = 7) -> list[date]:
+    """``latest`` and, oldest first, the days before it (at most ``window - 1``) that have no
+    report although an earlier day has one: nights missed while the database or the report
+    worker was down. A new site (no report yet) starts with ``latest`` alone."""
+    first = session.scalar(select(func.min(ReportRow.report_date)))
+    earliest = latest - timedelta(days=window - 1)
+    done = set(
+        session.scalars(
+            select(ReportRow.report_date).where(ReportRow.report_date >= earliest)
+        ).all()
+    )
+    missed = [
+        day
+        for k in range(window - 1, 0, -1)
+        if (day := latest - timedelta(days=k)) not in done and first is not None and day > first
+    ]
+    return [*missed, latest]
 
 
 def report_rows(session: Session) -> Sequence[ReportRow]:
