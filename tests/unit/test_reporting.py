@@ -375,3 +375,12 @@ class TestReportApp:
         assert str(app.conf.timezone) == "Asia/Kolkata"
         assert REPORT_TASK in app.tasks
         assert [q.name for q in app.conf.task_queues] == [REPORTS_QUEUE]
+
+    def test_a_database_outage_is_retried_for_about_an_hour(self):
+        from reporting.app import REPORT_TASK, create_app
+
+        task = create_app(Settings(data_dir=Path("x"))).tasks[REPORT_TASK]
+        waits = [min(600, 30 * 2**n) for n in range(task.max_retries)]
+        assert task.retry_backoff_max == 600
+        assert task.retry_jitter is False
+        assert sum(waits) >= 3600
