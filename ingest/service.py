@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.scanner import StabilityTracker, iter_candidates
@@ -281,10 +281,24 @@ class Ingestor:
         """Ingest until ``stop`` is set: filesystem events wake the loop early, polling backs it."""
         wake = threading.Event()
         observer = _start_observer(self.root, wake)
+        backoff = poll_interval
         try:
             while not stop.is_set():
-                self.scan_once()
-                self.maybe_resend_stale()
+                try:
+                    self.scan_once()
+                    self.maybe_resend_stale()
+                    backoff = poll_interval
+                except SQLAlchemyError as exc:
+                    # The database is down or refusing: files stay where they are and are
+                    # taken at a later scan. The error's class only: its text may hold PHI.
+                    backoff = min(30.0, max(1.0, backoff * 2))
+                    log.error(
+                        "database error (%s); files stay in the drop folder, retry in %.0fs",
+                        type(exc).__name__,
+                        backoff,
+                    )
+                    stop.wait(backoff)
+                    continue
                 wake.wait(timeout=poll_interval)
                 wake.clear()
         finally:
