@@ -136,14 +136,17 @@ Failure = tuple[int, RejectReason, str]
 
 def _prepare_one(
     path: Path, spec: PreprocessSpec
-) -> NDArray[np.float32] | tuple[RejectReason, str]:
-    """One file's model input, or why it cannot have one."""
+) -> NDArray[np.float32] | tuple[RejectReason, str] | None:
+    """One file's model input, why it cannot have one, or None when the file is not in place
+    yet: ingest commits the row before it moves the file, and finishes an interrupted move
+    (then sends the task again), so a missing file is no reason to give the study up."""
     try:
         return to_model_input(read_dicom(path).pixels, spec)
     except Rejected as exc:
         return exc.reason, exc.detail
     except FileNotFoundError:
-        return RejectReason.UNREADABLE, "file missing"
+        log.warning("%s is not in place yet: left queued for ingest to finish its move", path.name)
+        return None
     except OSError as exc:
         return RejectReason.UNREADABLE, f"file cannot be read: {exc}"
     except Exception as exc:  # one bad image must not fail the whole batch
@@ -176,7 +179,7 @@ def iter_prepared(
             if isinstance(out, np.ndarray):
                 ids.append(image_id)
                 inputs.append(out)
-            else:
+            elif out is not None:
                 failures.append((image_id, *out))
             if len(ids) >= chunk:
                 yield ids, _stack(inputs, spec), failures

@@ -1,5 +1,7 @@
 """The inference task in a real Celery worker, on the real Redis and PostgreSQL."""
 
+import time
+
 import pytest
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import func, select
@@ -112,3 +114,44 @@ class TestLostTask:
         with sessions() as session:
             counts = dict(session.execute(per_image).all())
         assert counts == {o.image_id: 1 for o in outcomes}
+
+
+class TestUnfinishedMove:
+    def test_a_task_that_finds_no_file_leaves_the_study_for_ingest_to_finish(
+        self, pg_url, redis_url, tiny_model_path, tmp_path
+    ):
+        """Ingest committed the row, then stopped before the move (disk full, killed): the
+        task that arrives first must not give the study up; ingest's next scan finishes the
+        move and sends it again, and it is predicted once."""
+        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
+        sessions = session_factory(pg_url)
+        app = create_app(settings)
+        drop = tmp_path / "inbox"
+        make_cxr_dicom(drop, seed=401, filename="a_warm_up.dcm")
+        original = make_cxr_dicom(drop, seed=400, filename="b_study.dcm")
+        sent: list[int] = []
+        ingestor = Ingestor(
+            drop, sessions=sessions, stable_seconds=0, storage_root=tmp_path, enqueue=sent.extend
+        )
+        warm_up, study = (o.image_id for o in ingestor.scan_once())
+        with sessions() as session:
+            stored = tmp_path / session.get(Image, study).stored_path
+        stored.replace(original)  # as if the move had never happened
+        status = select(Image.status).where(Image.id == study)
+        predicted = select(func.count()).select_from(PredictionRow)
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+            enqueue_images(app, [warm_up])  # the worker has its model loaded before the test
+            wait_until(lambda: count(sessions, predicted) == 1, timeout=120, what="warm-up")
+            enqueue_images(app, [study])
+            wait_until(lambda: queue_depth(app) == 0, timeout=60, what="the task taken")
+            time.sleep(3)
+            assert count(sessions, status) == "queued"
+            ingestor.enqueue = lambda ids: enqueue_images(app, ids)
+            assert [o.status for o in ingestor.scan_once()] == ["queued"]
+            wait_until(lambda: count(sessions, status) == "predicted", timeout=60, what="it")
+        assert stored.is_file()
+        assert not original.exists()
+        assert not (drop / "quarantine").exists()
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Image)) == 2
+            assert count(sessions, predicted) == 2
