@@ -30,6 +30,7 @@ from pulmoscreen.db.schema import utcnow
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.dicom import DicomMeta, read_header
 from pulmoscreen.storage import (
+    check_own_dirs,
     move_file,
     processed_destination,
     quarantine_file,
@@ -174,12 +175,23 @@ class Ingestor:
     def scan_once(self) -> list[IngestOutcome]:
         """Ingest every candidate that has stopped changing; others wait for a later scan."""
         self.root.mkdir(parents=True, exist_ok=True)
+        check_own_dirs(self.root)
         outcomes = []
         for path in iter_candidates(self.root):
             if not path.is_symlink() and not self.tracker.is_ready(path):
                 continue
             self.tracker.forget(path)
-            outcome = self.ingest_file(path)
+            try:
+                outcome = self.ingest_file(path)
+            except OSError as exc:
+                # Disk full, a folder gone read-only: the file stays where it is (a committed
+                # row waits for it, see _existing) and the next scan tries again.
+                log.error(
+                    "could not store a file (%s: %s); it stays in the drop folder",
+                    type(exc).__name__,
+                    exc.strerror or "refused",
+                )
+                continue
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
@@ -230,7 +242,7 @@ class Ingestor:
                 return self._quarantine(
                     path, source, RejectReason.DUPLICATE, "registered concurrently", meta=meta
                 )
-        landed = move_file(path, dest)
+        landed = move_file(path, dest, within=self.root)
         if landed != dest:
             self._update_stored_path(image_id, landed)
         self.enqueue([image_id])
@@ -245,7 +257,7 @@ class Ingestor:
         )
         if existing.sha256 == sha and stored is not None and not stored.exists():
             # A crash after commit and before the move: finish the move, send the task again.
-            move_file(path, stored)
+            move_file(path, stored, within=self.root)
             self.enqueue([existing.id])
             return IngestOutcome(existing.id, existing.status)
         same = "same content" if existing.sha256 == sha else "different content"

@@ -47,9 +47,33 @@ def _unique(dest: Path) -> Path:
     raise FileExistsError(dest)
 
 
-def move_file(src: Path, dest: Path) -> Path:
-    """Move ``src`` to ``dest`` (or a numbered sibling if taken); returns where it landed."""
+class OutsideDropFolderError(OSError):
+    """A destination whose folder resolves outside the drop folder (through a link)."""
+
+
+def check_own_dirs(root: Path) -> None:
+    """Refuse a drop folder whose ``processed/`` or ``quarantine/`` is a symbolic link: files
+    moved there would leave the drop folder for wherever the link points.
+
+    Raises:
+        OutsideDropFolderError: naming the link.
+    """
+    for name in sorted(OWN_DIRS):
+        if (root / name).is_symlink():
+            raise OutsideDropFolderError(
+                f"{root / name} is a symbolic link: refusing to store files outside {root}"
+            )
+
+
+def move_file(src: Path, dest: Path, *, within: Path | None = None) -> Path:
+    """Move ``src`` to ``dest`` (or a numbered sibling if taken); returns where it landed.
+
+    With ``within``, refuse (``OutsideDropFolderError``) a destination folder that resolves
+    outside it: a link planted on the way must not carry the file elsewhere.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if within is not None and not dest.parent.resolve().is_relative_to(within.resolve()):
+        raise OutsideDropFolderError(f"{dest.parent} leads outside {within}")
     dest = _unique(dest)
     try:
         os.replace(src, dest)
@@ -90,7 +114,7 @@ def quarantine_file(src: Path, root: Path, *, reason: str, detail: str, source: 
     """Move ``src`` into ``root/quarantine/`` and write a sidecar that says why."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     name = safe_name(Path(source).name or src.name)
-    dest = move_file(src, root / QUARANTINE_DIR / f"{stamp}_{name}")
+    dest = move_file(src, root / QUARANTINE_DIR / f"{stamp}_{name}", within=root)
     sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
     sidecar.write_text(
         json.dumps(

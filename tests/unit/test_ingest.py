@@ -139,6 +139,35 @@ class TestScan:
         assert not path.exists()
 
 
+class TestLinksOutOfTheDropFolder:
+    def test_a_linked_processed_folder_is_refused_and_nothing_leaves(
+        self, drop, ingestor, tmp_path
+    ):
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (drop / "processed").symlink_to(elsewhere, target_is_directory=True)
+        make_cxr_dicom(drop, seed=70, filename="a.dcm")
+        with pytest.raises(OSError, match="symbolic link"):
+            ingestor.scan_once()
+        assert (drop / "a.dcm").is_file()
+        assert not any(elsewhere.iterdir())
+
+    def test_a_link_planted_on_the_way_keeps_the_file_and_the_scan_going(
+        self, drop, ingestor, tmp_path, sent
+    ):
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        first = make_cxr_dicom(drop, seed=71, filename="a.dcm", StudyInstanceUID="1.2.3.71")
+        (drop / "processed").mkdir()
+        (drop / "processed" / "1.2.3.71").symlink_to(elsewhere, target_is_directory=True)
+        make_cxr_dicom(drop, seed=72, filename="b.dcm")
+        outcomes = ingestor.scan_once()
+        assert first.is_file()
+        assert not any(elsewhere.iterdir())
+        assert [o.status for o in outcomes] == ["queued"]  # b.dcm; a.dcm waits
+        assert len(sent) == 1
+
+
 class TestStabilityTracker:
     def test_growing_file_waits(self, tmp_path):
         path = tmp_path / "f.dcm"
