@@ -122,7 +122,7 @@ class TestScan:
         path = make_cxr_dicom(drop, seed=12)
         import ingest.service as service
 
-        def crash(src, dest):
+        def crash(src, dest, **_):
             raise KeyboardInterrupt
 
         monkeypatch.setattr(service, "move_file", crash)
