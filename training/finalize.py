@@ -19,7 +19,7 @@ from pulmoscreen.model import LoadedModel, ModelCard, card_path_for, load_screen
 from pulmoscreen.model.build import save_compact
 from pulmoscreen.model.card import sha256_file
 from training.audit import source_probe
-from training.dataset import discover, split_samples
+from training.dataset import discover
 from training.evaluate import metrics_with_sources, predict_samples, write_report
 from training.images import cached_inputs, normalize_planes
 from training.metrics import (
@@ -28,7 +28,14 @@ from training.metrics import (
     wilson_lower_bound,
 )
 from training.model_card import INTENDED_USE, LIMITATIONS, render_model_card
-from training.train import HELD_OUT, TrainConfig, load_splits, load_trained, split_arrays
+from training.train import (
+    HELD_OUT,
+    TrainConfig,
+    load_splits,
+    load_trained,
+    make_splits,
+    split_arrays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +297,10 @@ def rethreshold(
         raise ValueError(f"{model_path}: the card does not name the training data")
     if out.resolve() == model_path.parent.resolve():
         raise ValueError(f"--out must be another folder than the model's ({out})")
-    splits = split_samples(
-        discover([Path(p) for p in training["data"]]), seed=training.get("seed", 0)
+    splits = make_splits(
+        discover([Path(p) for p in training["data"]]),
+        hold_out=training.get("hold_out", []),
+        seed=training.get("seed", 0),
     )
     digests = split_digests(splits)
     expected = old.details.get("split_digests") or {}
@@ -307,7 +316,11 @@ def rethreshold(
     shutil.copyfile(model_path, copy)
     old.save(card_path_for(copy))
     cache = cache_dir or out / "cache"
-    inputs = {name: cached_inputs(splits[name], old.preprocess, cache) for name in ("val", "test")}
+    inputs = {
+        name: cached_inputs(splits[name], old.preprocess, cache)
+        for name in ("val", "test", HELD_OUT)
+        if name in splits
+    }
     created = datetime.now(UTC)
     thresholds_key = hashlib.sha256(f"{target}:{confidence}".encode()).hexdigest()[:4]
     details = {

@@ -259,6 +259,20 @@ def load_splits(path: Path) -> dict[str, list[Sample]]:
     }
 
 
+def make_splits(
+    samples: Sequence[Sample], *, hold_out: Sequence[str], seed: int
+) -> dict[str, list[Sample]]:
+    """Patient-disjoint train/val/test of the samples outside ``hold_out``, and (when sources
+    are held out) every sample of theirs under ``held_out``."""
+    unknown = set(hold_out) - {s.source for s in samples}
+    if unknown:
+        raise ValueError(f"--hold-out-source {sorted(unknown)}: no such source in the data")
+    splits = split_samples([s for s in samples if s.source not in hold_out], seed=seed)
+    if hold_out:
+        splits[HELD_OUT] = [s for s in samples if s.source in hold_out]
+    return splits
+
+
 def prepare_splits(config: TrainConfig) -> dict[str, list[Sample]]:
     """Split once (patient-disjoint, stratified); later runs and ``--resume`` reuse the file."""
     path = config.out / "splits.json"
@@ -268,12 +282,7 @@ def prepare_splits(config: TrainConfig) -> dict[str, list[Sample]]:
         samples = discover(config.data)
         if not samples:
             raise ValueError(f"no labelled images under {config.data} (expected <label>/<file>)")
-        unknown = set(config.hold_out) - {s.source for s in samples}
-        if unknown:
-            raise ValueError(f"--hold-out-source {sorted(unknown)}: no such source in the data")
-        kept = [s for s in samples if s.source not in config.hold_out]
-        splits = split_samples(kept, seed=config.seed)
-        splits[HELD_OUT] = [s for s in samples if s.source in config.hold_out]
+        splits = make_splits(samples, hold_out=config.hold_out, seed=config.seed)
         save_splits(splits, path)
     check_disjoint(splits)
     for name in SPLITS:

@@ -304,6 +304,17 @@ class TestLeaveOneSourceOut:
         assert card["details"]["training"]["hold_out"] == ["other_hospital"]
         assert card["details"]["training"]["adversarial"] == 0.3
 
+        # rethreshold rebuilds the same splits, the source still held out
+        again = run_cli(
+            "rethreshold",
+            *("--model", str(loso / "pulmoscreen_resnet50.npz"), "--out", str(tmp_path / "t")),
+            env=env,
+            cwd=tmp_path,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        redone = json.loads((tmp_path / "t" / "pulmoscreen_resnet50.card.json").read_text())
+        assert redone["details"]["held_out"]["other_hospital"]["n"] == len(held_files)
+
         # a model trained with every source carries the held-out run's figures in its card
         full = tmp_path / "full"
         done = run_cli(
