@@ -267,21 +267,26 @@ class Ingestor:
     def _quarantine(
         self, path: Path, source: str, reason: RejectReason, detail: str, *, meta: DicomMeta | None
     ) -> IngestOutcome:
+        """Record, then move: the row is written while the file is still where it was found
+        (a database outage leaves both untouched), and names the file's new place after."""
         sha = size = None
         if path.is_file() and not path.is_symlink():
             sha, size = sha256_file(path), path.stat().st_size
-        dest = quarantine_file(path, self.root, reason=reason.value, detail=detail, source=source)
+        here = to_stored_path(path, self.storage_root)
         with self.sessions.begin() as session:
-            image_id = queries.add_rejected_image(
+            # a row left by a crash before the move is taken up, not written twice
+            image_id = queries.rejected_image_at(session, here, sha) or queries.add_rejected_image(
                 session,
                 source_path=source,
-                stored_path=to_stored_path(dest, self.storage_root),
+                stored_path=here,
                 sha256=sha,
                 size_bytes=size,
                 reason=reason,
                 detail=detail,
                 meta=meta,
             )
+        dest = quarantine_file(path, self.root, reason=reason.value, detail=detail, source=source)
+        self._update_stored_path(image_id, dest)
         log.warning("image %d quarantined: %s", image_id, reason.value)
         return IngestOutcome(image_id, "rejected", reason.value)
 

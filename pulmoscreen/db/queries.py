@@ -130,6 +130,20 @@ def add_rejected_image(
     return image.id
 
 
+def rejected_image_at(session: Session, stored_path: str, sha256: str | None) -> int | None:
+    """A rejected row whose file was never moved to quarantine (a crash in between)."""
+    return session.scalar(
+        select(Image.id)
+        .where(
+            Image.status == ImageStatus.REJECTED.value,
+            Image.stored_path == stored_path,
+            Image.sha256.is_(None) if sha256 is None else Image.sha256 == sha256,
+        )
+        .order_by(Image.id.desc())
+        .limit(1)
+    )
+
+
 def reject_image(
     session: Session, image_id: int, *, reason: RejectReason, detail: str, stored_path: str | None
 ) -> bool:

@@ -19,12 +19,20 @@ def refuse_connections(name: str, *, refuse: bool) -> None:
     """The database refuses new connections and drops its open ones, as if it were down."""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not refuse).lower()}')
-        if refuse:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
+        if not refuse:
+            return
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+        def backends() -> int:
+            count = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            return admin.execute(count, (name,)).fetchone()[0]
+
+        # a terminated backend exits asynchronously: until it has, its connection still works
+        wait_until(lambda: backends() == 0, timeout=30, what="the database's connections closed")
 
 
 class TestWatchThroughAnOutage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pulmoscreen.domain import LABELS, RejectReason
+from pulmoscreen.domain import LABELS
 from pulmoscreen.model import backends, load_runner, load_screening_model, predict_batch
 from pulmoscreen.model.backends import (
     choose_backend,
@@ -149,8 +149,9 @@ class TestDecodePipeline:
         assert [len(c[0]) for c in chunks] == [2, 2, 1]
         assert all(c[1].shape == (len(c[0]), 32, 32, 3) for c in chunks)
         failures = {i: reason for _, _, fs in chunks for i, reason, _ in fs}
-        assert failures[5] == RejectReason.UNREADABLE
-        assert 3 in failures
+        # a missing file is not a failure: it is left queued for ingest to finish its move
+        assert 5 not in failures
+        assert set(failures) == {3}
 
     def test_pipelined_inputs_equal_one_at_a_time_inputs(self, tmp_path):
         from pulmoscreen.imaging import read_dicom, to_model_input

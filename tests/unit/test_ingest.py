@@ -138,6 +138,29 @@ class TestScan:
         assert os.path.exists(row.stored_path)
         assert not path.exists()
 
+    def test_crash_between_the_rejection_row_and_the_move_is_finished_once(
+        self, drop, ingestor, monkeypatch
+    ):
+        (drop / "junk.dcm").write_text("not dicom")
+        import ingest.service as service
+
+        def crash(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(service, "quarantine_file", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ingestor.scan_once()
+        monkeypatch.undo()
+        [row] = rows(ingestor)
+        assert (row.status, row.reject_reason) == ("rejected", "not_dicom")
+        assert row.stored_path.endswith("junk.dcm")  # names where the file still is
+        [outcome] = ingestor.scan_once()
+        assert outcome.image_id == row.id
+        [row] = rows(ingestor)
+        assert "/quarantine/" in row.stored_path
+        assert os.path.exists(row.stored_path)
+        assert not (drop / "junk.dcm").exists()
+
 
 class TestLinksOutOfTheDropFolder:
     def test_a_linked_processed_folder_is_refused_and_nothing_leaves(
