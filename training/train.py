@@ -413,28 +413,28 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     weights = sample_weights(splits["train"], y_train, config.balance, cap=config.max_per_group)
     batches = _batches_class()
     groups = np.unique([f"{s.source}/{s.label}" for s in splits["train"]], return_inverse=True)[1]
-    acquisition = config.augment if config.augment.acquisition_p > 0 else None
+    names = sorted({s.source for s in splits["train"]})
+    adversary = config.adversarial > 0
+
+    def source_index(split: str) -> NDArray[np.int64] | None:
+        # a validation image of a source absent from training counts as the first source
+        known = {name: i for i, name in enumerate(names)}
+        return np.array([known.get(s.source, 0) for s in splits[split]]) if adversary else None
+
     train_ds = batches(
         x_train,
         y_train,
         config.batch_size,
         config.spec,
         weights=weights,
-        augment=acquisition,
+        augment=config.augment if config.augment.acquisition_p > 0 else None,
         groups=groups,
         max_per_group=config.max_per_group,
         shuffle=True,
         seed=config.seed,
+        sources=source_index("train"),
+        adversarial=config.adversarial,
     )
-    names = sorted({s.source for s in splits["train"]})
-    adversary = config.adversarial > 0
-
-    def source_index(split: str) -> NDArray[np.int64] | None:
-        # validation images of a source absent from training count as the first source
-        known = {name: i for i, name in enumerate(names)}
-        return np.array([known.get(s.source, 0) for s in splits[split]]) if adversary else None
-
-    train_ds.sources, train_ds.adversarial = source_index("train"), config.adversarial
     val_ds = batches(
         x_val,
         y_val,

@@ -23,6 +23,12 @@ def queued_image(tmp_path: Path, sqlite_url: str) -> tuple[object, int, Path]:
     return sessions, outcome.image_id, stored
 
 
+def reject(sessions, image_id: int, stored: Path) -> None:
+    _reject(
+        sessions, image_id, stored, "a.dcm", RejectReason.DECODE_FAILED, "bad", storage_root=None
+    )
+
+
 def row(sessions, image_id: int) -> Image:
     with sessions() as session:
         return session.get(Image, image_id)
@@ -31,15 +37,7 @@ def row(sessions, image_id: int) -> Image:
 class TestReject:
     def test_marks_then_quarantines_and_records_the_new_place(self, tmp_path, sqlite_url):
         sessions, image_id, stored = queued_image(tmp_path, sqlite_url)
-        _reject(
-            sessions,
-            image_id,
-            stored,
-            "a.dcm",
-            RejectReason.DECODE_FAILED,
-            "bad",
-            storage_root=None,
-        )
+        reject(sessions, image_id, stored)
         found = row(sessions, image_id)
         assert (found.status, found.reject_reason) == ("rejected", "decode_failed")
         assert "/quarantine/" in found.stored_path
@@ -50,15 +48,7 @@ class TestReject:
         sessions, image_id, stored = queued_image(tmp_path, sqlite_url)
         with sessions.begin() as session:
             session.execute(update(Image).where(Image.id == image_id).values(status="predicted"))
-        _reject(
-            sessions,
-            image_id,
-            stored,
-            "a.dcm",
-            RejectReason.DECODE_FAILED,
-            "bad",
-            storage_root=None,
-        )
+        reject(sessions, image_id, stored)
         found = row(sessions, image_id)
         assert found.status == "predicted"
         assert Path(found.stored_path) == stored
