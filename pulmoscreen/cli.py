@@ -461,10 +461,16 @@ def train(
         adversarial=adversarial,
         loso_runs=tuple(loso_run or ()),
     )
+    from training.finalize import finalize, loso_figures
+
+    try:
+        loso_figures(config.loso_runs)  # a wrong --loso-run fails now, not after the fit
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     fit(config, resume=resume)
     if fit_only:
         return
-    from training.finalize import finalize
 
     card = finalize(config)
     console.print(f"model {card.version} written to {out}")

@@ -215,7 +215,10 @@ def loso_figures(runs: tuple[Path, ...]) -> dict[str, Any]:
     each leave-one-source-out run's card (``held_out``), with the run's model version."""
     found: dict[str, Any] = {}
     for run in runs:
-        card = ModelCard.load(card_path_for(run / MODEL_FILE))
+        card_file = card_path_for(run / MODEL_FILE)
+        if not card_file.exists():
+            raise ValueError(f"{run}: no finalized model ({card_file.name} is missing)")
+        card = ModelCard.load(card_file)
         held = card.details.get("held_out") or {}
         if not held:
             raise ValueError(f"{run}: its model was trained with every source (no --hold-out)")

@@ -41,11 +41,11 @@ def make_dataset(root: Path, per_label: int = 24, seed: int = 0) -> None:
     )
 
 
-def train_tiny(data: Path, run: Path, env: dict[str, str], *extra: str):
+def train_tiny(data: Path | list[Path], run: Path, env: dict[str, str], *extra: str):
+    folders = data if isinstance(data, list) else [data]
     return run_cli(
         "train",
-        "--data",
-        str(data),
+        *(arg for folder in folders for arg in ("--data", str(folder))),
         "--out",
         str(run),
         "--arch",
@@ -275,14 +275,12 @@ class TestLeaveOneSourceOut:
         make_dataset(other, per_label=12, seed=50_000)
         env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
         loso = tmp_path / "loso"
-        done = run_cli(
-            "train",
-            *("--data", str(site), "--data", str(other), "--out", str(loso)),
-            *("--arch", "tiny", "--size", "32", "--epochs", "2"),
-            *("--hold-out-source", "other_hospital", "--acquisition", "0.5"),
+        done = train_tiny(
+            [site, other],
+            loso,
+            env,
+            *("--epochs", "2", "--hold-out-source", "other_hospital", "--acquisition", "0.5"),
             *("--max-per-group", "10", "--equalize", "clahe", "--adversarial", "0.3"),
-            env=env,
-            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         splits = json.loads((loso / "splits.json").read_text())
@@ -317,14 +315,11 @@ class TestLeaveOneSourceOut:
 
         # a model trained with every source carries the held-out run's figures in its card
         full = tmp_path / "full"
-        done = run_cli(
-            "train",
-            *("--data", str(site), "--data", str(other), "--out", str(full)),
-            *("--arch", "tiny", "--size", "32", "--epochs", "1"),
-            *("--loso-run", str(loso)),
-            env=env,
-            cwd=tmp_path,
-        )
+        refused = train_tiny([site, other], full, env, "--loso-run", str(site))
+        assert refused.returncode == 2
+        assert "no finalized model" in refused.stderr
+        assert not full.exists()  # refused before any fit
+        done = train_tiny([site, other], full, env, "--epochs", "1", "--loso-run", str(loso))
         assert done.returncode == 0, done.stdout + done.stderr
         card = json.loads((full / "pulmoscreen_resnet50.card.json").read_text())
         assert "held_out" not in card["details"]
