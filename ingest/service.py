@@ -6,7 +6,14 @@ before the file moves and before the task is sent. A restart re-sends every queu
 nothing is predicted twice. A task can still vanish while the system runs: a worker killed
 after Redis handed it a message, but before it recorded the message as unacknowledged, takes
 the message with it. So the watch loop also re-sends an image that has waited longer than
-``resend_after`` seconds while the inference queue is empty.
+``resend_after`` seconds while the inference queue is empty. And a broker restarted without
+persistence forgets every task it held, while new files may keep its queue from ever draining:
+the watch loop reads the broker's run id every few seconds and, when it changed, re-sends
+every queued image.
+
+A sender that pauses mid-copy (NFS, SMB, a slow modality) for longer than ``stable_seconds``
+leaves a file that reads as truncated: it stays in the drop folder and is read again at later
+scans, and is quarantined only once it held still for ``truncated_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ingest.scanner import StabilityTracker, iter_candidates
+from ingest.scanner import IncompleteTracker, StabilityTracker, iter_candidates
 from pulmoscreen.db import queries
 from pulmoscreen.db.schema import utcnow
 from pulmoscreen.domain import Rejected, RejectReason
@@ -85,8 +92,10 @@ class Ingestor:
         stable_seconds: float,
         storage_root: Path | None = None,
         resend_after: float | None = None,
-        max_resends: int = 3,
         queue_depth: Callable[[], int] | None = None,
+        truncated_grace: float = 0.0,
+        broker_run_id: Callable[[], str | None] | None = None,
+        broker_check_interval: float = 5.0,
     ) -> None:
         self.root = root.resolve()
         self.storage_root = storage_root
@@ -94,18 +103,68 @@ class Ingestor:
         self.enqueue = enqueue
         self.tracker = StabilityTracker(stable_seconds)
         self.resend_after = resend_after
-        self.max_resends = max_resends
         self.queue_depth = queue_depth
         self._next_sweep = 0.0
+        self.incomplete = IncompleteTracker(truncated_grace)
+        self.broker_run_id = broker_run_id
+        self.broker_check_interval = broker_check_interval
+        self._broker_run: str | None = None  # the broker run that holds every task sent so far
+        self._next_broker_check = 0.0
+
+    @property
+    def waiting(self) -> int:
+        """Files seen but neither queued nor quarantined yet: still changing, or cut short by a
+        sender that may resume."""
+        return self.tracker.waiting + self.incomplete.waiting
 
     def recover(self) -> int:
         """Re-send every image still queued (after a crash or restart); returns how many."""
+        run = self._read_broker_run()  # before the rows: a restart after this is seen later
         with self.sessions() as session:
             ids = queries.queued_image_ids(session)
         if ids:
             self.enqueue(ids)
             log.info("re-sent %d queued images", len(ids))
+        self._broker_run = run
         return len(ids)
+
+    def check_broker(self) -> int:
+        """Re-send every queued image when the broker restarted since it was last seen (a Redis
+        without persistence comes back empty); returns how many. Off without ``broker_run_id``.
+
+        A broker that cannot be reached, or a re-send that fails, is tried again at the next
+        check. A broker not seen before (:meth:`recover` not run, or it could not read the run)
+        counts as restarted: a duplicate task is harmless, a lost one is not.
+        """
+        run = self._read_broker_run()
+        if run is None or run == self._broker_run:
+            return 0
+        if self._broker_run is not None:
+            log.warning("the broker restarted: its tasks may be lost; re-sending queued images")
+        try:
+            return self.recover()
+        except SQLAlchemyError:
+            raise  # the watch loop backs off; the run is not recorded, so this is retried
+        except Exception as exc:
+            log.warning("could not re-send the queued images (%s); retrying soon", exc)
+            return 0
+
+    def maybe_check_broker(self) -> int:
+        """:meth:`check_broker`, at most once every ``broker_check_interval`` seconds."""
+        if self.broker_run_id is None or time.monotonic() < self._next_broker_check:
+            return 0
+        self._next_broker_check = time.monotonic() + self.broker_check_interval
+        return self.check_broker()
+
+    def _read_broker_run(self) -> str | None:
+        """The broker's run id; None when there is none or the broker cannot be reached."""
+        if self.broker_run_id is None:
+            return None
+        try:
+            return self.broker_run_id()
+        except Exception as exc:  # the broker is down: the next check tries again
+            log.warning("cannot reach the broker to check for a restart: %s", exc)
+            return None
 
     def resend_stale(self) -> int:
         """Re-send images queued for over ``resend_after`` seconds while the inference queue is
@@ -123,47 +182,15 @@ class Ingestor:
             return 0
         cutoff = utcnow() - timedelta(seconds=self.resend_after)
         with self.sessions.begin() as session:
-            claim = queries.claim_stale_queued(
-                session, older_than=cutoff, max_resends=self.max_resends
-            )
-        if claim.resend:
-            self.enqueue(claim.resend)
+            resend = queries.claim_stale_queued(session, older_than=cutoff)
+        if resend:
+            self.enqueue(resend)
             log.warning(
                 "re-sent %d images queued for over %.0fs with the inference queue empty",
-                len(claim.resend),
+                len(resend),
                 self.resend_after,
             )
-        for image_id, source, stored in claim.exhausted:
-            self._give_up(image_id, source, stored)
-        return len(claim.resend)
-
-    def _give_up(self, image_id: int, source: str, stored: str | None) -> None:
-        """Quarantine an image whose task was lost after every re-send: the likeliest cause is
-        a file that crashes the worker decoding it, which would otherwise crash workers for ever."""
-        detail = (
-            f"its task was lost {self.max_resends + 1} times with the inference queue empty; "
-            "a worker may crash reading this file (see the workers' logs)"
-        )
-        with self.sessions.begin() as session:
-            if not queries.reject_image(
-                session,
-                image_id,
-                reason=RejectReason.WORKER_CRASH,
-                detail=detail,
-                stored_path=stored,
-            ):
-                return
-        path = resolve_stored_path(stored, self.storage_root) if stored else None
-        if path is not None and path.is_file():
-            dest = quarantine_file(
-                path,
-                self.root,
-                reason=RejectReason.WORKER_CRASH.value,
-                detail=detail,
-                source=source,
-            )
-            self._update_stored_path(image_id, dest)
-        log.error("image %d quarantined: %s", image_id, detail)
+        return len(resend)
 
     def maybe_resend_stale(self) -> int:
         """:meth:`resend_stale`, at most once every quarter of ``resend_after`` (1 to 30 s)."""
@@ -177,7 +204,9 @@ class Ingestor:
         self.root.mkdir(parents=True, exist_ok=True)
         check_own_dirs(self.root)
         outcomes = []
+        present = set()
         for path in iter_candidates(self.root):
+            present.add(path)
             if not path.is_symlink() and not self.tracker.is_ready(path):
                 continue
             self.tracker.forget(path)
@@ -193,17 +222,22 @@ class Ingestor:
                 )
                 continue
             if outcome is not None:
+                self.incomplete.forget(path)
                 outcomes.append(outcome)
+        self.incomplete.retain(present)
         return outcomes
 
     def ingest_file(self, path: Path) -> IngestOutcome | None:
-        """Queue or quarantine one file; never raises for a bad file."""
+        """Queue or quarantine one file; never raises for a bad file. None: the file vanished,
+        or it is cut short but may still grow (it is read again at a later scan)."""
         source = display_path(path.relative_to(self.root))
         try:
             try:
                 check_file_type(path)
                 meta = read_header(path)
             except Rejected as exc:
+                if exc.reason is RejectReason.TRUNCATED and self._may_still_grow(path, exc):
+                    return None
                 return self._quarantine(path, source, exc.reason, exc.detail, meta=None)
             except FileNotFoundError:
                 raise
@@ -213,6 +247,20 @@ class Ingestor:
         except FileNotFoundError:
             log.info("a file vanished while it was being ingested")
             return None
+
+    def _may_still_grow(self, path: Path, exc: Rejected) -> bool:
+        """Whether a file that reads as truncated changed recently: its sender may have paused."""
+        first = path not in self.incomplete
+        if not self.incomplete.may_still_grow(path):
+            return False
+        if first:
+            log.info(
+                "a file reads as cut short (%s) but changed recently; it stays in the drop "
+                "folder, read again until it held still for %.0fs",
+                exc.detail,
+                self.incomplete.grace_seconds,
+            )
+        return True
 
     def _accept(self, path: Path, meta: DicomMeta, source: str) -> IngestOutcome:
         sha = sha256_file(path)
@@ -245,7 +293,7 @@ class Ingestor:
         landed = move_file(path, dest, within=self.root)
         if landed != dest:
             self._update_stored_path(image_id, landed)
-        self.enqueue([image_id])
+        self._send([image_id])
         log.info("image %d queued (SOPInstanceUID %s)", image_id, meta.sop_uid)
         return IngestOutcome(image_id, "queued")
 
@@ -258,7 +306,7 @@ class Ingestor:
         if existing.sha256 == sha and stored is not None and not stored.exists():
             # A crash after commit and before the move: finish the move, send the task again.
             move_file(path, stored, within=self.root)
-            self.enqueue([existing.id])
+            self._send([existing.id])
             return IngestOutcome(existing.id, existing.status)
         same = "same content" if existing.sha256 == sha else "different content"
         detail = f"SOPInstanceUID already received as image {existing.id} ({same})"
@@ -290,6 +338,20 @@ class Ingestor:
         log.warning("image %d quarantined: %s", image_id, reason.value)
         return IngestOutcome(image_id, "rejected", reason.value)
 
+    def _send(self, image_ids: list[int]) -> None:
+        """Send the tasks of committed, queued images. With the broker down the images stay
+        queued and the scan goes on: they are sent again once the broker is seen back (a run
+        not seen before counts as a restart, see :meth:`check_broker`) or by the stale sweep."""
+        try:
+            self.enqueue(image_ids)
+        except Exception as exc:
+            self._broker_run = None
+            log.error(
+                "cannot send %d tasks (%s); the images stay queued and are sent again later",
+                len(image_ids),
+                type(exc).__name__,
+            )
+
     def _update_stored_path(self, image_id: int, landed: Path) -> None:
         with self.sessions.begin() as session:
             queries.set_stored_path(session, image_id, to_stored_path(landed, self.storage_root))
@@ -304,6 +366,7 @@ class Ingestor:
                 try:
                     self.scan_once()
                     self.maybe_resend_stale()
+                    self.maybe_check_broker()
                     backoff = poll_interval
                 except SQLAlchemyError as exc:
                     # The database is down or refusing: files stay where they are and are

@@ -60,11 +60,22 @@ def embedded_worker(celery_app: Any) -> Iterator[None]:
         yield
 
 
-def make_ingestor(settings: Settings, folder: Path, sessions: Any, celery_app: Any) -> Any:
+def make_ingestor(
+    settings: Settings,
+    folder: Path,
+    sessions: Any,
+    celery_app: Any,
+    *,
+    truncated_grace: float | None = None,
+) -> Any:
     """The drop folder's :class:`ingest.Ingestor`, sending tasks through ``celery_app`` and
-    re-sending those lost with a killed worker."""
+    re-sending those lost with a killed worker or a restarted broker. ``truncated_grace``:
+    ``settings.truncated_grace_seconds`` unless given."""
     from ingest import Ingestor
-    from pulmoscreen.queue import enqueue_images, queue_depth
+    from pulmoscreen.queue import broker_run_id, enqueue_images, queue_depth
+
+    if truncated_grace is None:
+        truncated_grace = settings.truncated_grace_seconds
 
     return Ingestor(
         folder,
@@ -73,8 +84,9 @@ def make_ingestor(settings: Settings, folder: Path, sessions: Any, celery_app: A
         storage_root=settings.storage_root,
         enqueue=lambda ids: enqueue_images(celery_app, ids),
         resend_after=settings.resend_after,
-        max_resends=settings.max_resends,
         queue_depth=lambda: queue_depth(celery_app),
+        truncated_grace=truncated_grace,
+        broker_run_id=lambda: broker_run_id(celery_app),
     )
 
 
@@ -112,7 +124,8 @@ def screen_folder(
     sessions = session_factory(url)
     celery_app = create_app(settings)
     with embedded_worker(celery_app) if local_worker else nullcontext():
-        ingestor = make_ingestor(settings, folder, sessions, celery_app)
+        # A folder handed over to screen is complete: a cut file is reported, not waited for.
+        ingestor = make_ingestor(settings, folder, sessions, celery_app, truncated_grace=0.0)
         ingestor.recover()
         outcomes = ingestor.scan_once()
         while ingestor.tracker.waiting:
@@ -243,7 +256,7 @@ def ingest(
     ingestor.recover()
     if not watch:
         outcomes = ingestor.scan_once()
-        while ingestor.tracker.waiting:
+        while ingestor.waiting:  # files still changing, or cut short within the grace period
             time.sleep(0.5)
             outcomes += ingestor.scan_once()
         queued = sum(o.status == "queued" for o in outcomes)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import time
 from functools import cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -13,12 +16,60 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.npz"
+# A server on another host is reachable by more than this machine's users: its password must be
+# at least this long (`openssl rand -hex 24` prints 48 characters).
+MIN_REMOTE_PASSWORD = 16
+# Passwords that ship in examples or are tried first; compared lowercase with only [a-z0-9] kept.
+PLACEHOLDER_PASSWORDS = frozenset(
+    {"password", "secret", "postgres", "redis", "pulmo", "pulmoscreen", "admin", "example"}
+)
+
+
+def _is_local_host(host: str) -> bool:
+    """A Unix socket (no host, or a socket folder) or a loopback address."""
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_weak_password(url: str) -> str:
+    """Return a database or broker URL unchanged, or refuse the password in it.
+
+    A placeholder (anything with "change me" in it, or a default such as ``password``) is refused
+    everywhere; for a server on another host an empty password, or one shorter than
+    ``MIN_REMOTE_PASSWORD`` characters, is refused too. URLs without a server (``sqlite:///…``,
+    ``memory://``) pass. The message never repeats the password.
+
+    Raises:
+        ValueError: the password is unfit to deploy with.
+    """
+    parts = urlsplit(url)
+    # libpq also takes the host as a query parameter: postgresql://user:pw@/db?host=db.example
+    host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
+    password = unquote(parts.password or "")
+    kept = re.sub(r"[^a-z0-9]", "", password.lower())
+    where = f"the password for {parts.scheme}://{host or 'localhost'}"
+    if "changeme" in kept or kept in PLACEHOLDER_PASSWORDS:
+        raise ValueError(f"{where} is a placeholder: set a random one (openssl rand -hex 24)")
+    if _is_local_host(host):
+        return url
+    if not password:
+        raise ValueError(f"{where} is empty: a server on another host needs one in the URL")
+    if len(password) < MIN_REMOTE_PASSWORD:
+        raise ValueError(f"{where} is shorter than {MIN_REMOTE_PASSWORD} characters")
+    return url
 
 
 class Settings(BaseSettings):
     """Every tunable of PulmoScreen; the defaults run with no external server."""
 
-    model_config = SettingsConfigDict(env_prefix="PULMO_", env_file=".env", extra="ignore")
+    # URLs carry passwords: a refused value is named in the error, never printed.
+    model_config = SettingsConfigDict(
+        env_prefix="PULMO_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(Path("var"), description="Where embedded state lives (SQLite file).")
     database_url: str = Field(
@@ -39,6 +90,14 @@ class Settings(BaseSettings):
     )
     stable_seconds: float = Field(
         2.0, ge=0, description="A file is read only once its size and mtime held this long."
+    )
+    truncated_grace_seconds: float = Field(
+        180.0,
+        ge=0,
+        description="A file that reads as truncated but changed (by its mtime, or while ingest "
+        "watched it) within this many seconds stays in the drop folder and is read again: its "
+        "sender may only have paused (NFS, SMB, a slow modality). It is quarantined as truncated "
+        "once it held still this long; 0: at once. `pulmoscreen screen` does not wait.",
     )
     poll_interval: float = Field(1.0, gt=0, description="Seconds between drop-folder scans.")
     storage_root: Path | None = Field(
@@ -79,11 +138,12 @@ class Settings(BaseSettings):
         description="Seconds an image may stay queued while the inference queue is empty before "
         "ingest sends its task again (a task lost with a killed worker).",
     )
-    max_resends: int = Field(
+    max_attempts: int = Field(
         3,
-        ge=0,
-        description="Re-sends of one image's lost task; when its task is lost once more, the "
-        "file is quarantined as worker_crash (it may crash every worker that reads it).",
+        ge=1,
+        description="Worker attempts at one image without a result (its worker died, or a "
+        "temporary read or decode error) before it is quarantined: with the last error, or as "
+        "worker_crash. Images tried before are tried one at a time.",
     )
     max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
 
@@ -101,6 +161,11 @@ class Settings(BaseSettings):
         description="Link to an image in reports, e.g. a PACS viewer URL with {study_uid}, "
         "{sop_uid} or {stored_path}; empty: a file:// link to the stored DICOM.",
     )
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _strong_password(cls, value: str) -> str:
+        return refuse_weak_password(value)
 
     @field_validator("site_timezone")
     @classmethod

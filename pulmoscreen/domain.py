@@ -59,10 +59,12 @@ class RejectReason(StrEnum):
 class Rejected(Exception):  # noqa: N818 - reads as "raise Rejected(reason, ...)"
     """A file that cannot be screened, with its coded reason and a human-readable detail."""
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str, *, retry: bool = False) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        # the failure may pass (a decoder killed or timed out): try again before giving up
+        self.retry = retry
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,23 @@ def queue_depth(app: Celery, queue: str = INFERENCE_QUEUE) -> int:
         return int(declared.message_count)
 
 
+def broker_run_id(app: Celery, *, timeout: float = 2.0) -> str | None:
+    """The broker's run id: Redis draws a new one each time its server starts (``INFO server``).
+
+    A change means the broker restarted, and a Redis without persistence restarts empty. None
+    for a broker without one (``memory://``). The timeouts are short: callers poll this.
+
+    Raises:
+        kombu.exceptions.OperationalError: the broker cannot be reached.
+    """
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    with app.connection_for_write(connect_timeout=timeout, transport_options=options) as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        run_id = conn.default_channel.client.info("server").get("run_id")
+        return str(run_id) if run_id else None
+
+
 def make_service_celery(
     settings: Settings, *, name: str, queue: str, tasks: Iterable[str]
 ) -> Celery:

@@ -6,13 +6,17 @@ ever written outside the drop folder because of what a file or its header says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 PROCESSED_DIR = "processed"
 QUARANTINE_DIR = "quarantine"
@@ -116,11 +120,17 @@ def quarantine_file(src: Path, root: Path, *, reason: str, detail: str, source: 
     name = safe_name(Path(source).name or src.name)
     dest = move_file(src, root / QUARANTINE_DIR / f"{stamp}_{name}", within=root)
     sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
-    sidecar.write_text(
-        json.dumps(
-            {"reason": reason, "detail": detail, "source": source, "quarantined_at": stamp},
-            indent=2,
+    try:
+        sidecar.write_text(
+            json.dumps(
+                {"reason": reason, "detail": detail, "source": source, "quarantined_at": stamp},
+                indent=2,
+            )
+            + "\n"
         )
-        + "\n"
-    )
+    except OSError as exc:
+        # A full disk: the file has moved and the reason is in SQL; the sidecar is a copy.
+        log.error("no sidecar for %s (%s)", dest.name, exc.strerror or type(exc).__name__)
+        with contextlib.suppress(OSError):
+            sidecar.unlink()
     return dest

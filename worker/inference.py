@@ -6,11 +6,13 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from sqlalchemy.exc import SQLAlchemyError
 
 from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
@@ -59,20 +61,42 @@ def served_for(settings: Settings) -> LoadedModel:
     )
 
 
-_model_ids: dict[tuple[str, str, str], int] = {}
-
-
 def model_row_id(database_url: str, card: ModelCard) -> int:
-    """Register the served model in ``models`` once per process; its id tags every prediction."""
-    key = (database_url, card.version, card.sha256)
-    if key not in _model_ids:
-        with session_factory(database_url).begin() as session:
-            _model_ids[key] = queries.register_model(session, card)
-    return _model_ids[key]
+    """The served model's id in ``models`` (registered when missing); it tags every prediction.
+
+    Looked up at every batch, never cached: a database restored, reset or switched under a
+    running worker must not receive predictions that name a model it does not hold.
+    """
+    with session_factory(database_url).begin() as session:
+        return queries.model_id_for(session, card) or queries.register_model(session, card)
 
 
-def predict_images(settings: Settings, image_ids: list[int], *, worker: str | None) -> None:
+@dataclass(frozen=True)
+class _Todo:
+    """One queued image this batch is to predict."""
+
+    id: int
+    path: Path
+    source: str
+    attempts: int
+    retry_reason: str | None
+    retry_detail: str | None
+
+
+def predict_images(settings: Settings, image_ids: list[int], *, worker: str | None) -> list[int]:
     """Predict every still-queued image of ``image_ids`` under the served model, idempotently.
+
+    Returns the ids that met a temporary failure (a read error of a network filesystem, memory
+    exhausted, a decoder killed or timed out): they stay queued, and the caller sends them
+    again later.
+
+    Each attempt at an image is counted in SQL before its pixels are read. Images tried before
+    without a result (their worker died, or the failure was temporary) are tried one at a time,
+    so a file that kills its worker takes no batch-mate with it; after ``max_attempts`` an image
+    is quarantined with its last temporary error, or as ``worker_crash``.
+
+    A failure of the worker itself (database, model, memory of the whole batch) takes its
+    attempt back and propagates: it is no image's fault.
 
     Images are decoded by a thread pool while the model runs on the previous chunk of
     ``infer_batch`` images, so the model does not wait for pixels.
@@ -82,45 +106,128 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
     model_id = model_row_id(url, loaded.card)
     factory = session_factory(url)
     with factory() as session:
-        images = queries.images_to_predict(session, image_ids, model_id)
-        paths = {
-            image.id: resolve_stored_path(
-                image.stored_path or image.source_path, settings.storage_root
+        todo = [
+            _Todo(
+                id=image.id,
+                path=resolve_stored_path(
+                    image.stored_path or image.source_path, settings.storage_root
+                ),
+                source=image.source_path,
+                attempts=image.attempts,
+                retry_reason=image.retry_reason,
+                retry_detail=image.retry_detail,
             )
-            for image in images
-        }
-        sources = {image.id: image.source_path for image in images}
-    chunks = iter_prepared(
-        paths,
-        loaded.card.preprocess,
-        chunk=settings.infer_batch,
-        threads=settings.decode_threads or None,
-    )
-    predicted = new = 0
-    for ids, inputs, failures in chunks:
-        for image_id, reason, detail in failures:
-            _reject(
-                factory,
-                image_id,
-                paths[image_id],
-                sources[image_id],
-                reason,
-                detail,
-                storage_root=settings.storage_root,
-            )
-        if not ids:
-            continue
-        probs = predict_batch(loaded.model, inputs)
-        results = [
-            (i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)
+            for image in queries.images_to_predict(session, image_ids, model_id)
         ]
-        with factory.begin() as session:
-            new += queries.save_predictions(
-                session, model_id=model_id, results=results, worker=worker
-            )
-        predicted += len(ids)
+    for item in todo:
+        if item.attempts >= settings.max_attempts:
+            _give_up(factory, item, storage_root=settings.storage_root)
+    fresh = [item for item in todo if item.attempts == 0]
+    suspects = [item for item in todo if 0 < item.attempts < settings.max_attempts]
+    deferred: list[int] = []
+    predicted = new = 0
+    for group in ([fresh] if fresh else []) + [[item] for item in suspects]:
+        n_predicted, n_new = _predict_group(
+            settings, factory, loaded, model_id, group, deferred=deferred, worker=worker
+        )
+        predicted += n_predicted
+        new += n_new
     if predicted:
         log.info("batch of %d images predicted (%d new) by %s", predicted, new, loaded.card.version)
+    return deferred
+
+
+def _predict_group(  # type: ignore[no-untyped-def]
+    settings: Settings,
+    factory,
+    loaded: LoadedModel,
+    model_id: int,
+    group: list[_Todo],
+    *,
+    deferred: list[int],
+    worker: str | None,
+) -> tuple[int, int]:
+    """Claim, read, score and save ``group``; (predicted, new predictions)."""
+    by_id = {item.id: item for item in group}
+    with factory.begin() as session:
+        queries.claim_for_prediction(session, list(by_id))
+    settled: set[int] = set()
+    predicted = new = 0
+    try:
+        chunks = iter_prepared(
+            {item.id: item.path for item in group},
+            loaded.card.preprocess,
+            chunk=settings.infer_batch,
+            threads=settings.decode_threads or None,
+        )
+        for ids, inputs, failures in chunks:
+            for image_id, reason, detail, retry in failures:
+                settled.add(image_id)
+                item = by_id[image_id]
+                if retry:
+                    _defer(factory, item, reason, detail)
+                    deferred.append(image_id)
+                else:
+                    _reject(
+                        factory,
+                        image_id,
+                        item.path,
+                        item.source,
+                        reason,
+                        detail,
+                        storage_root=settings.storage_root,
+                    )
+            if not ids:
+                continue
+            probs = predict_batch(loaded.model, inputs)
+            results = [
+                (i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)
+            ]
+            with factory.begin() as session:
+                new += queries.save_predictions(
+                    session, model_id=model_id, results=results, worker=worker
+                )
+            settled.update(ids)
+            predicted += len(ids)
+    except Exception:
+        _release(factory, [i for i in by_id if i not in settled])
+        raise
+    return predicted, new
+
+
+def _release(factory, image_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Take back the attempts of a batch the worker itself failed (best effort: the database
+    may be the failure)."""
+    try:
+        with factory.begin() as session:
+            queries.release_claim(session, image_ids)
+    except SQLAlchemyError as exc:
+        log.warning("could not take back %d attempts (%s)", len(image_ids), type(exc).__name__)
+
+
+def _defer(factory, item: _Todo, reason: RejectReason, detail: str) -> None:  # type: ignore[no-untyped-def]
+    log.warning(
+        "image %d: temporary failure (%s, attempt %d); it stays queued",
+        item.id,
+        reason.value,
+        item.attempts + 1,
+    )
+    with factory.begin() as session:
+        queries.defer_image(session, item.id, reason=reason, detail=detail)
+
+
+def _give_up(factory, item: _Todo, *, storage_root: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """Quarantine an image tried ``attempts`` times without a result."""
+    if item.retry_reason is not None:
+        reason = RejectReason(item.retry_reason)
+        detail = f"{item.retry_detail} (the last of {item.attempts} attempts)"
+    else:
+        reason = RejectReason.WORKER_CRASH
+        detail = (
+            f"a worker died {item.attempts} times while reading or scoring this file, "
+            "each time with no other image (see the workers' logs)"
+        )
+    _reject(factory, item.id, item.path, item.source, reason, detail, storage_root=storage_root)
 
 
 def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
@@ -131,27 +238,33 @@ def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
     return ModelCard.load(card_path_for(model_path)).preprocess
 
 
-Failure = tuple[int, RejectReason, str]
+# (image id, reason, detail, whether the failure may pass and the image is to be tried again)
+Failure = tuple[int, RejectReason, str, bool]
 
 
 def _prepare_one(
     path: Path, spec: PreprocessSpec
-) -> NDArray[np.float32] | tuple[RejectReason, str] | None:
+) -> NDArray[np.float32] | tuple[RejectReason, str, bool] | None:
     """One file's model input, why it cannot have one, or None when the file is not in place
     yet: ingest commits the row before it moves the file, and finishes an interrupted move
-    (then sends the task again), so a missing file is no reason to give the study up."""
+    (then sends the task again), so a missing file is no reason to give the study up.
+
+    Only a coded rejection of the file's content is final. A read error (``EIO``/``ESTALE`` of
+    a network filesystem), memory exhausted, a decoder killed or timed out, or an error nobody
+    foresaw may pass: the image is tried again, up to its last attempt.
+    """
     try:
         return to_model_input(read_dicom(path).pixels, spec)
     except Rejected as exc:
-        return exc.reason, exc.detail
+        return exc.reason, exc.detail, exc.retry
     except FileNotFoundError:
         log.warning("%s is not in place yet: left queued for ingest to finish its move", path.name)
         return None
     except OSError as exc:
-        return RejectReason.UNREADABLE, f"file cannot be read: {exc}"
+        return RejectReason.UNREADABLE, f"file cannot be read: {exc}", True
     except Exception as exc:  # one bad image must not fail the whole batch
         log.exception("unexpected error while preparing the input of %s", path.name)
-        return RejectReason.DECODE_FAILED, f"{type(exc).__name__}: {exc}"
+        return RejectReason.DECODE_FAILED, f"{type(exc).__name__}: {exc}", True
 
 
 def _stack(inputs: list[NDArray[np.float32]], spec: PreprocessSpec) -> NDArray[np.float32]:
@@ -230,9 +343,14 @@ def _reject(  # type: ignore[no-untyped-def]
             return
     if stored is None:
         return
-    dest = quarantine_file(
-        path, _drop_root(path), reason=reason.value, detail=detail, source=source
-    )
+    try:
+        dest = quarantine_file(
+            path, _drop_root(path), reason=reason.value, detail=detail, source=source
+        )
+    except OSError as exc:
+        # The row is rejected and names where the file still lies; the batch goes on.
+        log.error("image %d stays in place: quarantine failed (%s)", image_id, exc.strerror)
+        return
     with factory.begin() as session:
         queries.set_stored_path(session, image_id, to_stored_path(dest, storage_root))
 

@@ -178,7 +178,12 @@ def set_stored_path(session: Session, image_id: int, stored_path: str) -> None:
 
 
 def register_model(session: Session, card: ModelCard) -> int:
-    """Id of the model row for ``card.version`` (created if new), made the active model."""
+    """Id of the model row for ``card.version``, created if new.
+
+    A model becomes the active one when it is first registered (a new deployment); a worker
+    that still serves an older version registers it again without taking ``active`` back, so
+    the active model does not flip to whichever process started last.
+    """
     stmt = (
         _insert(session, ModelRow)
         .values(
@@ -188,17 +193,25 @@ def register_model(session: Session, card: ModelCard) -> int:
             thresholds=dict(card.thresholds),
             card=card.to_dict(),
             trained=card.trained,
-            active=True,
+            active=False,
             created_at=utcnow(),
         )
         .on_conflict_do_nothing(index_elements=["version"])
     )
-    session.execute(stmt)
+    created = session.execute(stmt.returning(ModelRow.id)).scalar_one_or_none()
     model_id = int(
         session.scalars(select(ModelRow.id).where(ModelRow.version == card.version)).one()
     )
-    session.execute(update(ModelRow).values(active=ModelRow.id == model_id))
+    if created is not None:
+        session.execute(update(ModelRow).values(active=ModelRow.id == model_id))
     return model_id
+
+
+def model_id_for(session: Session, card: ModelCard) -> int | None:
+    """Id of the row registered for ``card`` (same version and weights), or None."""
+    return session.scalar(
+        select(ModelRow.id).where(ModelRow.version == card.version, ModelRow.sha256 == card.sha256)
+    )
 
 
 def images_to_predict(session: Session, image_ids: Sequence[int], model_id: int) -> list[Image]:
@@ -240,17 +253,25 @@ def save_predictions(
         }
         for image_id, pred in results
     ]
+    # Only images still queued get a result: one rejected meanwhile (by another worker, or
+    # given up) keeps its rejection and is never also flagged.
+    ids = [image_id for image_id, _ in results]
+    open_ids = set(
+        session.scalars(
+            update(Image)
+            .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
+            .values(status=ImageStatus.PREDICTED.value, updated_at=utcnow())
+            .returning(Image.id)
+        )
+    )
+    rows = [row for row in rows if row["image_id"] in open_ids]
+    if not rows:
+        return 0
     stmt = _insert(session, PredictionRow).on_conflict_do_nothing(
         index_elements=["image_id", "model_id"]
     )
     inserted = session.execute(stmt.returning(PredictionRow.id), rows).all()
-    ids = [image_id for image_id, _ in results]
-    session.execute(
-        update(Image)
-        .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
-        .values(status=ImageStatus.PREDICTED.value, updated_at=utcnow())
-    )
-    study_ids = session.scalars(select(Image.study_id).where(Image.id.in_(ids)).distinct())
+    study_ids = session.scalars(select(Image.study_id).where(Image.id.in_(open_ids)).distinct())
     refresh_study_status(session, [s for s in study_ids if s is not None])
     return len(inserted)
 
@@ -286,39 +307,66 @@ def queued_image_ids(session: Session) -> list[int]:
     )
 
 
-@dataclass(frozen=True)
-class StaleClaim:
-    """Queued images whose task went missing: ids to send again, and ``(id, source_path,
-    stored_path)`` of those to give up on."""
-
-    resend: list[int]
-    exhausted: list[tuple[int, str, str | None]]
-
-
-def claim_stale_queued(
-    session: Session, *, older_than: datetime, max_resends: int, limit: int = 1000
-) -> StaleClaim:
+def claim_stale_queued(session: Session, *, older_than: datetime, limit: int = 1000) -> list[int]:
     """Queued images untouched since ``older_than`` (their task may have been lost), oldest
-    first. Those re-sent fewer than ``max_resends`` times are claimed: ``resends`` goes up and
-    ``updated_at`` is set to now, so each is claimed at most once a period. The others have
-    lost their task ``max_resends + 1`` times: the caller quarantines them."""
-    rows = session.execute(
-        select(Image.id, Image.resends, Image.source_path, Image.stored_path)
-        .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
-        .order_by(Image.updated_at, Image.id)
-        .limit(limit)
-    ).all()
-    resend = [row.id for row in rows if row.resends < max_resends]
-    exhausted = [
-        (row.id, row.source_path, row.stored_path) for row in rows if row.resends >= max_resends
-    ]
-    if resend:
+    first, claimed for a re-send: ``resends`` goes up and ``updated_at`` is set to now, so each
+    is claimed at most once a period. Giving up on an image is the worker's decision, by its
+    attempts (see :func:`claim_for_prediction`), never by lost tasks alone."""
+    ids = list(
+        session.scalars(
+            select(Image.id)
+            .where(Image.status == ImageStatus.QUEUED.value, Image.updated_at < older_than)
+            .order_by(Image.updated_at, Image.id)
+            .limit(limit)
+        )
+    )
+    if ids:
         session.execute(
             update(Image)
-            .where(Image.id.in_(resend), Image.status == ImageStatus.QUEUED.value)
+            .where(Image.id.in_(ids), Image.status == ImageStatus.QUEUED.value)
             .values(updated_at=utcnow(), resends=Image.resends + 1)
         )
-    return StaleClaim(resend, exhausted)
+    return ids
+
+
+def claim_for_prediction(session: Session, image_ids: Sequence[int]) -> None:
+    """Count a worker attempt at each still-queued image of ``image_ids``, before it is read.
+
+    Committed before the pixels are touched, so an attempt that kills its worker (a file that
+    crashes the decoder or exhausts memory) is counted although nothing else is written.
+    """
+    if image_ids:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(image_ids), Image.status == ImageStatus.QUEUED.value)
+            .values(attempts=Image.attempts + 1)
+        )
+
+
+def release_claim(session: Session, image_ids: Sequence[int]) -> None:
+    """Take back the attempt counted at images that a failure of the worker itself (database,
+    model, memory of the whole batch) left untried: that failure is not theirs."""
+    if image_ids:
+        session.execute(
+            update(Image)
+            .where(
+                Image.id.in_(image_ids),
+                Image.status == ImageStatus.QUEUED.value,
+                Image.attempts > 0,
+            )
+            .values(attempts=Image.attempts - 1)
+        )
+
+
+def defer_image(session: Session, image_id: int, *, reason: RejectReason, detail: str) -> bool:
+    """Record a temporary failure at a queued image, which stays queued to be tried again;
+    False when it is no longer queued."""
+    done = session.execute(
+        update(Image)
+        .where(Image.id == image_id, Image.status == ImageStatus.QUEUED.value)
+        .values(retry_reason=reason.value, retry_detail=detail[:2000], updated_at=utcnow())
+    )
+    return bool(done.rowcount)
 
 
 @dataclass(frozen=True)
@@ -341,15 +389,17 @@ class ImageOutcome:
 
 
 def image_outcomes(session: Session, image_ids: Sequence[int]) -> list[ImageOutcome]:
-    """Status and latest active-model result of each image in ``image_ids``."""
-    active = select(ModelRow.id).where(ModelRow.active.is_(True)).scalar_subquery()
+    """Status and latest result of each image in ``image_ids`` (as ``screening_results``)."""
+    latest = (
+        select(func.max(PredictionRow.id))
+        .where(PredictionRow.image_id == Image.id)
+        .correlate(Image)
+        .scalar_subquery()
+    )
     stmt = (
         select(Image, Study.study_uid, PredictionRow, ModelRow.version)
         .outerjoin(Study, Study.id == Image.study_id)
-        .outerjoin(
-            PredictionRow,
-            (PredictionRow.image_id == Image.id) & (PredictionRow.model_id == active),
-        )
+        .outerjoin(PredictionRow, PredictionRow.id == latest)
         .outerjoin(ModelRow, ModelRow.id == PredictionRow.model_id)
         .where(Image.id.in_(image_ids))
         .order_by(Image.id)

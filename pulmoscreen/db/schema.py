@@ -71,6 +71,11 @@ class Image(Base):
     reject_detail: Mapped[str | None] = mapped_column(Text)
     # times ingest re-sent this image's task because it went missing (see claim_stale_queued)
     resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # worker attempts without a result, and the temporary error of the last one (see
+    # queries.claim_for_prediction)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_reason: Mapped[str | None] = mapped_column(String(32))
+    retry_detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )

@@ -468,7 +468,10 @@ def _decode_encapsulated(path: Path) -> NDArray[Any]:
         return decode_isolated(path)
     except DecoderError as exc:
         what = "the decoder crashed" if exc.crashed else "pixel data cannot be decoded"
-        raise Rejected(RejectReason.DECODE_FAILED, f"{what}: {exc!s:.300}") from exc
+        # A crash or a hang may be the machine's (the OOM killer, a loaded host), not the file's.
+        raise Rejected(
+            RejectReason.DECODE_FAILED, f"{what}: {exc!s:.300}", retry=exc.crashed
+        ) from exc
 
 
 def _first_frame(stored: NDArray[Any], *, frames: int) -> NDArray[Any]:

@@ -155,3 +155,46 @@ class TestUnfinishedMove:
         with sessions() as session:
             assert session.scalar(select(func.count()).select_from(Image)) == 2
             assert count(sessions, predicted) == 2
+
+
+class TestWorkerFailure:
+    def test_a_worker_without_its_model_rejects_nothing_and_catches_up(
+        self, pg_url, redis_url, tiny_model_path, tmp_path
+    ):
+        """The model file is missing when the batch arrives (a deployment half done): celery-
+        batches acknowledges the batch whatever it raises, so the task sends its images again
+        with a backoff; none is rejected, and all are scored once the model is in place."""
+        import shutil
+
+        from pulmoscreen.model import card_path_for
+
+        later = tmp_path / "model" / "tiny.keras"
+        settings = worker_settings(pg_url, redis_url, later, tmp_path)
+        sessions = session_factory(pg_url)
+        app = create_app(settings)
+        drop = tmp_path / "inbox"
+        for seed in range(3):
+            make_cxr_dicom(drop, seed=500 + seed)
+        ingestor = Ingestor(
+            drop,
+            sessions=sessions,
+            stable_seconds=0,
+            storage_root=tmp_path,
+            enqueue=lambda ids: enqueue_images(app, ids),
+        )
+        queued = select(func.count()).select_from(Image).where(Image.status == "queued")
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
+            ids = [o.image_id for o in ingestor.scan_once()]
+            wait_until(lambda: queue_depth(app) == 0, timeout=60, what="the tasks taken")
+            time.sleep(4)  # the first sends fail
+            assert count(sessions, queued) == 3
+            later.parent.mkdir()
+            shutil.copy(card_path_for(tiny_model_path), card_path_for(later))
+            shutil.copy(tiny_model_path, later)
+            wait_until(lambda: count(sessions, queued) == 0, timeout=120, what="the catch-up")
+        with sessions() as session:
+            found = session.scalars(select(Image).where(Image.id.in_(ids))).all()
+            assert {(i.status, i.attempts) for i in found} == {("predicted", 1)}
+        per_image = select(PredictionRow.image_id, func.count()).group_by(PredictionRow.image_id)
+        with sessions() as session:
+            assert dict(session.execute(per_image).all()) == dict.fromkeys(ids, 1)

@@ -389,32 +389,49 @@ class TestResendLost:
         assert ingestor.resend_stale() == 0
         assert ingestor.maybe_resend_stale() == 0
 
-    def test_an_image_whose_task_keeps_vanishing_is_quarantined(self, drop, sqlite_url, sent):
-        # a file that crashes every worker reading it: re-sent max_resends times, then refused
-        ingestor = self.make(drop, sqlite_url, sent, [0], max_resends=2)
+    def test_lost_tasks_alone_never_reject_an_image(self, drop, sqlite_url, sent):
+        # A task lost with a worker, a broker restart, a worker failing on its model: none is
+        # the file's fault. Ingest re-sends, once a period; only the worker gives up, by its
+        # counted attempts (tests/unit/test_worker_attempts.py).
+        ingestor = self.make(drop, sqlite_url, sent, [0])
         make_cxr_dicom(drop, seed=5)
         (image_id,) = (o.image_id for o in ingestor.scan_once())
         sent.clear()
-        for _ in range(2):
+        for _ in range(5):
             time.sleep(0.3)
             assert ingestor.resend_stale() == 1
-        assert sent == [image_id, image_id]
-        time.sleep(0.3)
-        assert ingestor.resend_stale() == 0
-        assert sent == [image_id, image_id]
+        assert sent == [image_id] * 5
         with ingestor.sessions() as session:
             image = session.get(Image, image_id)
-            assert (image.status, image.reject_reason, image.resends) == (
-                "rejected",
-                "worker_crash",
-                2,
-            )
-            assert "lost 3 times" in image.reject_detail
-            stored = Path(image.stored_path)
-        assert stored.parent == drop / "quarantine"
-        assert stored.is_file()
-        sidecar = json.loads(stored.with_name(stored.name + ".reason.json").read_text())
-        assert sidecar["reason"] == "worker_crash"
-        assert not list((drop / "processed").rglob("*.dcm"))
-        time.sleep(0.3)
-        assert ingestor.resend_stale() == 0  # nothing left to re-send or give up on
+            assert (image.status, image.reject_reason, image.resends) == ("queued", None, 5)
+            assert Path(image.stored_path).is_file()
+
+
+class TestBrokerDown:
+    def test_a_send_that_fails_stops_no_scan_and_is_made_when_the_broker_is_back(
+        self, drop, sqlite_url, sent
+    ):
+        up = [False]
+
+        def enqueue(ids):
+            if not up[0]:
+                raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+            sent.extend(ids)
+
+        ingestor = Ingestor(
+            drop,
+            sessions=session_factory(sqlite_url),
+            enqueue=enqueue,
+            stable_seconds=0,
+            broker_run_id=lambda: "run-1" if up[0] else None,
+            broker_check_interval=0,
+        )
+        for seed in (11, 12):
+            make_cxr_dicom(drop, seed=seed)
+        outcomes = ingestor.scan_once()  # the broker is down: both are recorded, none lost
+        assert [o.status for o in outcomes] == ["queued", "queued"]
+        assert ingestor.maybe_check_broker() == 0  # still down
+        up[0] = True
+        assert ingestor.maybe_check_broker() == 2
+        assert sorted(sent) == sorted(o.image_id for o in outcomes)
+        assert ingestor.maybe_check_broker() == 0  # the same run: nothing to send again
