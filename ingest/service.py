@@ -308,9 +308,35 @@ class Ingestor:
             move_file(path, stored, within=self.root)
             self._send([existing.id])
             return IngestOutcome(existing.id, existing.status)
+        if existing.status == "rejected" and existing.reject_reason in queries.REOPENABLE:
+            return self._reopen(path, meta, source, sha, existing)
         same = "same content" if existing.sha256 == sha else "different content"
         detail = f"SOPInstanceUID already received as image {existing.id} ({same})"
         return self._quarantine(path, source, RejectReason.DUPLICATE, detail, meta=meta)
+
+    def _reopen(self, path, meta, source, sha, existing) -> IngestOutcome:  # type: ignore[no-untyped-def]
+        """A file sent again after its first copy was rejected for a reason a transfer or the
+        machine may cause (cut short, unreadable, a decoder or worker that died): the image is
+        queued again with the new copy, and is screened once."""
+        dest = processed_destination(self.root, study_uid=meta.study_uid, sop_uid=meta.sop_uid)
+        try:
+            with self.sessions.begin() as session:
+                queries.reopen_rejected(
+                    session,
+                    existing,
+                    study_id=queries.upsert_study(session, meta),
+                    stored_path=to_stored_path(dest, self.storage_root),
+                    sha256=sha,
+                    size_bytes=path.stat().st_size,
+                )
+        except Rejected as exc:
+            return self._quarantine(path, source, exc.reason, exc.detail, meta=meta)
+        landed = move_file(path, dest, within=self.root)
+        if landed != dest:
+            self._update_stored_path(existing.id, landed)
+        self._send([existing.id])
+        log.info("image %d queued again: a new copy after %s", existing.id, existing.reject_reason)
+        return IngestOutcome(existing.id, "queued")
 
     def _quarantine(
         self, path: Path, source: str, reason: RejectReason, detail: str, *, meta: DicomMeta | None

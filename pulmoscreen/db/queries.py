@@ -130,6 +130,74 @@ def add_rejected_image(
     return image.id
 
 
+# Rejections a fresh copy of the same file may undo: the transfer or the machine failed, not
+# necessarily the content.
+REOPENABLE = frozenset(
+    {
+        RejectReason.TRUNCATED.value,
+        RejectReason.UNREADABLE.value,
+        RejectReason.DECODE_FAILED.value,
+        RejectReason.WORKER_CRASH.value,
+    }
+)
+
+
+def reopen_rejected(
+    session: Session,
+    image: Image,
+    *,
+    study_id: int,
+    stored_path: str,
+    sha256: str,
+    size_bytes: int,
+) -> None:
+    """Queue ``image`` (rejected with a reason in ``REOPENABLE``) again for a re-sent file.
+
+    The earlier copy keeps its own rejected row (without the SOPInstanceUID, which is unique)
+    naming its place in quarantine, so each file still has one outcome.
+    """
+    session.add(
+        Image(
+            sop_uid=None,
+            study_id=image.study_id,
+            source_path=image.source_path,
+            stored_path=image.stored_path,
+            sha256=image.sha256,
+            size_bytes=image.size_bytes,
+            status=ImageStatus.REJECTED.value,
+            reject_reason=image.reject_reason,
+            reject_detail=f"{image.reject_detail} (a later copy was received as image {image.id})"[
+                :2000
+            ],
+            modality=image.modality,
+            body_part=image.body_part,
+            view_position=image.view_position,
+            transfer_syntax=image.transfer_syntax,
+            rows=image.rows,
+            cols=image.cols,
+        )
+    )
+    session.execute(
+        update(Image)
+        .where(Image.id == image.id)
+        .values(
+            status=ImageStatus.QUEUED.value,
+            study_id=study_id,
+            stored_path=stored_path,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            reject_reason=None,
+            reject_detail=None,
+            attempts=0,
+            retry_reason=None,
+            retry_detail=None,
+            resends=0,
+            updated_at=utcnow(),
+        )
+    )
+    refresh_study_status(session, [s for s in (image.study_id, study_id) if s is not None])
+
+
 def rejected_image_at(session: Session, stored_path: str, sha256: str | None) -> int | None:
     """A rejected row whose file was never moved to quarantine (a crash in between)."""
     return session.scalar(

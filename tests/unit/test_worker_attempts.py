@@ -292,3 +292,49 @@ class TestResultsAndModels:
             model = session.get(ModelRow, pred.model_id)
         assert model is not None
         assert model.version == "tiny-test-1"
+
+
+class TestReExport:
+    def test_a_copy_sent_again_after_a_failed_read_is_screened(
+        self, tmp_path, sqlite_url, tiny_model_path, monkeypatch
+    ):
+        drop = tmp_path / "inbox"
+        original = make_cxr_dicom(tmp_path / "pacs", seed=70, filename="study.dcm")
+        drop.mkdir()
+        (drop / "study.dcm").write_bytes(original.read_bytes())
+        sessions = session_factory(sqlite_url)
+        ingestor = Ingestor(drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0)
+        [first] = ingestor.scan_once()
+        real = inference.read_dicom
+
+        def eio(path: Path):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ESTALE, "Stale file handle", str(path))
+
+        monkeypatch.setattr(inference, "read_dicom", eio)
+        settings = settings_for(sqlite_url, tiny_model_path, max_attempts=1)
+        predict_images(settings, [first.image_id], worker="w")
+        predict_images(settings, [first.image_id], worker="w")
+        assert rows(sqlite_url)[first.image_id].reject_reason == "unreadable"
+        monkeypatch.setattr(inference, "read_dicom", real)
+
+        # the site sends the study again: it is screened, not refused as a duplicate
+        (drop / "study.dcm").write_bytes(original.read_bytes())
+        [again] = ingestor.scan_once()
+        assert (again.image_id, again.status) == (first.image_id, "queued")
+        assert predict_images(settings, [first.image_id], worker="w") == []
+        found = rows(sqlite_url)
+        assert len(found) == 2
+        image = found[first.image_id]
+        assert (image.status, image.attempts, image.reject_reason) == ("predicted", 1, None)
+        assert "/processed/" in image.stored_path
+        [earlier] = [r for i, r in found.items() if i != first.image_id]
+        # the first copy keeps its own outcome, in quarantine
+        assert (earlier.status, earlier.reject_reason, earlier.sop_uid) == (
+            "rejected",
+            "unreadable",
+            None,
+        )
+        assert f"received as image {first.image_id}" in earlier.reject_detail
+        assert Path(earlier.stored_path).parent == drop / "quarantine"
+        assert Path(earlier.stored_path).is_file()
+        assert earlier.study_id == image.study_id
