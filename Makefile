@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration services chromium bench bench-model bench-inference bench-report clean
+.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ unit: install
 integration: install services chromium
 	$(BIN)/pytest tests/integration
 
+# The fault suite (docs/faults.md): starts its own Redis and PostgreSQL, drives the product's
+# processes through faults; PULMO_FAULT_STUDIES (300) studies per scenario. Not part of `test`.
+faults: install
+	$(BIN)/pytest tests/faults
+
 test: install services chromium lint
 	$(BIN)/pytest
 
@@ -47,6 +52,9 @@ bench-model: install
 
 bench-inference: install
 	$(BIN)/python benchmarks/inference.py
+
+bench-content: install
+	$(BIN)/python benchmarks/content_check.py
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed

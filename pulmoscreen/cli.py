@@ -204,7 +204,7 @@ def write_preview(settings: Settings, file: Path, out: Path) -> int:
     spec = served_preprocess_spec(settings.resolved_model_path())
     ids, batch, failures = prepare_inputs({0: file}, spec)
     if not ids:
-        [(_, reason, detail)] = failures
+        [(_, reason, detail, _retry)] = failures
         console.print(f"[red]rejected: {reason.value}[/red]: {detail}", soft_wrap=True)
         return 2
     grey_u8 = np.clip(np.rint(batch[0, :, :, 0]), 0, 255).astype(np.uint8)
@@ -218,7 +218,29 @@ def write_preview(settings: Settings, file: Path, out: Path) -> int:
         soft_wrap=True,
         highlight=False,
     )
-    return 0
+    return _print_content_check(settings, batch)
+
+
+def _print_content_check(settings: Settings, batch: Any) -> int:
+    """The content check's verdict on one prepared input, as the worker would give it; exit
+    code 3 when it would be refused."""
+    from pulmoscreen.domain import RejectReason
+    from pulmoscreen.model import ModelCard, card_path_for, predict_with_features
+    from worker.inference import served_for
+
+    model_path = settings.resolved_model_path()
+    if model_path is None or ModelCard.load(card_path_for(model_path)).content_check is None:
+        console.print("content check: none in the model card (the worker scores every image)")
+        return 0
+    loaded = served_for(settings)
+    check = loaded.card.content_check
+    assert check is not None
+    scores = check.score(predict_with_features(loaded.model, batch)[1])
+    verdict = "passes" if scores.passed[0] else f"refused: {RejectReason.NOT_CHEST_CONTENT.value}"
+    style = "green" if scores.passed[0] else "red"
+    console.print(f"content check: [{style}]{verdict}[/{style}]", highlight=False)
+    console.print(scores.detail(0, check), soft_wrap=True, highlight=False)
+    return 0 if scores.passed[0] else 3
 
 
 @app.command()
@@ -353,7 +375,8 @@ def demo(
         "var/demo"
     ),
 ) -> None:
-    """Build a sample drop folder (real RG1 chest CR + synthetic + broken files) and screen it."""
+    """Build a sample drop folder (real chest X-rays, non-chest files, lying headers, broken
+    files) and screen it."""
     from pulmoscreen.samples import build_demo_folder
 
     _setup_logging(False)
@@ -583,3 +606,85 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+content_check_app = typer.Typer(
+    add_completion=False, help="The check that refuses what is not a frontal chest radiograph."
+)
+app.add_typer(content_check_app, name="content-check")
+
+
+@content_check_app.command("fit")
+def content_check_fit(
+    data: Annotated[
+        list[Path], typer.Option(help="Chest source folder of <label>/<image>; repeatable.")
+    ],
+    model: Annotated[
+        Path | None, typer.Option(help="Model file (default: the configured/shipped one).")
+    ] = None,
+    dicom: Annotated[
+        Path | None,
+        typer.Option(help="Shared DICOM folder (other_cr/, chest_cr/) for the evaluation corpus."),
+    ] = None,
+    false_reject: Annotated[
+        float, typer.Option(help="False-reject rate of each part on each source's validation.")
+    ] = 0.0025,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+) -> None:
+    """Fit the content check on the model's own features and write it into the model's card
+    (the weights are not touched). Chest images only, on the model's train/val/test split."""
+    from dataclasses import replace
+
+    from pulmoscreen.model import load_runner
+    from training.content import FitConfig, fit_content_check, score_corpus, write_check
+
+    _setup_logging(True)
+    settings = get_settings()
+    model_path = model or settings.resolved_model_path()
+    if model_path is None:
+        console.print("[red]no trained model: nothing to fit a content check for[/red]")
+        raise typer.Exit(1)
+    loaded = load_runner(
+        model_path,
+        labels=LABELS,
+        backend=settings.inference_backend,
+        precision=settings.inference_precision,
+        cache_dir=settings.resolved_openvino_cache(),
+    )
+    check = fit_content_check(
+        loaded.model,
+        loaded.card,
+        data,
+        FitConfig(false_reject=false_reject),
+        cache_dir=cache or settings.data_dir / "content-cache",
+    )
+    corpus = score_corpus(loaded.model, loaded.card, check, dicom)
+    check = replace(
+        check,
+        figures={**check.figures, "backend": loaded.model.describe(), "corpus": corpus},
+    )
+    write_check(model_path, check)
+    _print_check(check)
+
+
+def _print_check(check: Any) -> None:
+    figures = check.figures
+    console.print(
+        f"content check {check.version}: distance threshold {check.ood_threshold:.1f}, "
+        f"p(rotated) threshold {check.rotation_threshold:.3f} ({figures['split']})",
+        highlight=False,
+    )
+    for role in ("val", "test"):
+        per = figures[f"{role}_chest_false_reject"]["per_source"]
+        text = ", ".join(f"{s} {v['refused']:.1%} of {v['images']}" for s, v in per.items())
+        console.print(f"{role} chest images refused: {text}", highlight=False)
+    rotated = figures["test_rotated_90_270_refused"]["all"]
+    console.print(f"test chests rotated 90/270 degrees refused: {rotated:.1%}", highlight=False)
+    for name, row in figures.get("corpus", {}).items():
+        ok = row["refused"] == (row["kind"] == "not_chest")
+        mark = "ok " if ok else "[red]BAD[/red]"
+        console.print(
+            f"  {mark} {name} ({row['kind']}): score {row['score']:.2f} "
+            f"{'refused' if row['refused'] else 'passes'}",
+            highlight=False,
+        )

@@ -54,6 +54,9 @@ class RejectReason(StrEnum):
     WORKER_CRASH = "worker_crash"
     PATIENT_MISMATCH = "patient_mismatch"
     INVALID_HEADER = "invalid_header"
+    # decoded, but the content check on the model's own features says it is no frontal chest
+    # radiograph as stored (another body part, another modality, rotated by 90 degrees)
+    NOT_CHEST_CONTENT = "not_chest_content"
 
 
 class Rejected(Exception):  # noqa: N818 - reads as "raise Rejected(reason, ...)"

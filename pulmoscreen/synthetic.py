@@ -58,6 +58,7 @@ def make_cxr_dicom(
     filename: str | None = None,
     signed: bool = False,
     file_meta: bool = True,
+    pixels: NDArray[Any] | None = None,
     **tags: Any,
 ) -> Path:
     """Write a synthetic frontal chest CR/DX to ``directory`` and return its path.
@@ -68,9 +69,18 @@ def make_cxr_dicom(
     (JPEG Baseline needs ``bits_stored=8``). ``signed`` stores the same image as signed values
     ((0028,0103) PixelRepresentation 1) with a RescaleIntercept that restores them, so it
     displays exactly as the unsigned file. ``file_meta=False`` writes a bare data set without
-    preamble and File Meta (ACR-NEMA style; native transfer syntaxes only).
+    preamble and File Meta (ACR-NEMA style; native transfer syntaxes only). ``pixels`` wraps
+    a real image instead of the phantom (any grey array, 0 = black; scaled to the full range
+    of ``bits_stored``; ``rows`` and ``cols`` are then its shape): with lying tags it makes the
+    files that prove the content check.
     """
-    display = chest_phantom(rows, cols, seed=seed)
+    if pixels is None:
+        display = chest_phantom(rows, cols, seed=seed)
+    else:
+        grey = np.asarray(pixels, dtype=np.float64)
+        span = float(grey.max() - grey.min()) or 1.0
+        display = (grey - grey.min()) / span
+        rows, cols = display.shape
     top = 2**bits_stored - 1
     values = display if photometric == "MONOCHROME2" else 1.0 - display
     pixels = np.round(values * top).astype(np.uint8 if bits_stored <= 8 else np.uint16)

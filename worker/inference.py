@@ -19,11 +19,13 @@ from pulmoscreen.db import queries, session_factory
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from pulmoscreen.model import (
+    ContentScores,
     LoadedModel,
     ModelCard,
     card_path_for,
     load_runner,
     predict_batch,
+    predict_with_features,
     score_probabilities,
 )
 from pulmoscreen.storage import quarantine_file, resolve_stored_path, to_stored_path
@@ -41,7 +43,7 @@ def served_model(
 ) -> LoadedModel:
     """The model on its inference backend, loaded once per worker process on first use (never
     at import or before fork)."""
-    return load_runner(
+    loaded = load_runner(
         model_path,
         labels=LABELS,
         thresholds_override=dict(thresholds),
@@ -49,6 +51,15 @@ def served_model(
         precision=precision,
         cache_dir=cache_dir,
     )
+    if loaded.card.content_check is None:
+        log.warning(
+            "model %s has no content check in its card: every decoded image is scored, "
+            "whatever it shows (pulmoscreen content-check fit adds one)",
+            loaded.card.version,
+        )
+    else:
+        log.info("content check %s is on", loaded.card.content_check.version)
+    return loaded
 
 
 def served_for(settings: Settings) -> LoadedModel:
@@ -179,20 +190,65 @@ def _predict_group(  # type: ignore[no-untyped-def]
                     )
             if not ids:
                 continue
-            probs = predict_batch(loaded.model, inputs)
+            probs, content = _predict_chunk(loaded, inputs)
+            passed = content.passed if content is not None else np.ones(len(ids), dtype=bool)
             results = [
-                (i, score_probabilities(p, loaded.card)) for i, p in zip(ids, probs, strict=True)
+                (i, score_probabilities(p, loaded.card))
+                for i, p, ok in zip(ids, probs, passed, strict=True)
+                if ok
             ]
             with factory.begin() as session:
+                if content is not None:
+                    scores = list(zip(ids, content.score.tolist(), strict=True))
+                    queries.set_content_scores(session, scores)
                 new += queries.save_predictions(
                     session, model_id=model_id, results=results, worker=worker
                 )
+            for k in np.flatnonzero(~passed):
+                _refuse_content(
+                    factory,
+                    by_id[ids[k]],
+                    content,
+                    int(k),
+                    loaded,
+                    storage_root=settings.storage_root,
+                )
             settled.update(ids)
-            predicted += len(ids)
+            predicted += int(np.sum(passed))
     except Exception:
         _release(factory, [i for i in by_id if i not in settled])
         raise
     return predicted, new
+
+
+def _predict_chunk(
+    loaded: LoadedModel, inputs: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], ContentScores | None]:
+    """Probabilities, and the content check's scores from the same forward pass when the
+    model's card has a check (None otherwise: every decoded image is scored)."""
+    check = loaded.card.content_check
+    if check is None:
+        return predict_batch(loaded.model, inputs), None
+    probs, features = predict_with_features(loaded.model, inputs)
+    return probs, check.score(features)
+
+
+def _refuse_content(  # type: ignore[no-untyped-def]
+    factory,
+    item: _Todo,
+    content: ContentScores | None,
+    index: int,
+    loaded: LoadedModel,
+    *,
+    storage_root: Path | None,
+) -> None:
+    """Quarantine an image the content check refused: no frontal chest radiograph as stored."""
+    check = loaded.card.content_check
+    assert check is not None
+    assert content is not None
+    detail = content.detail(index, check)
+    reason = RejectReason.NOT_CHEST_CONTENT
+    _reject(factory, item.id, item.path, item.source, reason, detail, storage_root=storage_root)
 
 
 def _release(factory, image_ids: list[int]) -> None:  # type: ignore[no-untyped-def]

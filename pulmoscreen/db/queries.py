@@ -236,6 +236,14 @@ def reject_image(
     return True
 
 
+def set_content_scores(session: Session, scores: Sequence[tuple[int, float]]) -> None:
+    """Record the content check's score of each image (accepted or refused alike)."""
+    for image_id, score in scores:
+        session.execute(
+            update(Image).where(Image.id == image_id).values(content_score=float(score))
+        )
+
+
 def set_stored_path(session: Session, image_id: int, stored_path: str) -> None:
     """Record where an image's file now lies (after a move)."""
     session.execute(
@@ -259,7 +267,7 @@ def register_model(session: Session, card: ModelCard) -> int:
             sha256=card.sha256,
             labels=list(card.labels),
             thresholds=dict(card.thresholds),
-            card=card.to_dict(),
+            card=card.summary_dict(),
             trained=card.trained,
             active=False,
             created_at=utcnow(),

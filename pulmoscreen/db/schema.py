@@ -76,6 +76,9 @@ class Image(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retry_reason: Mapped[str | None] = mapped_column(String(32))
     retry_detail: Mapped[str | None] = mapped_column(Text)
+    # the content check's score (1.0 or more: not a frontal chest radiograph), kept for every
+    # image it scored, accepted or not, so a site can audit the check
+    content_score: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ class KerasRunner:
     """A Keras model as it is (float32, or built under the mixed bfloat16 policy)."""
 
     model: Any
+    _with_features: Any = field(default=None, init=False, repr=False)
 
     @property
     def precision(self) -> str:
@@ -107,6 +108,15 @@ class KerasRunner:
 
     def predict_on_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+
+    def predict_with_features(
+        self, batch: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Probabilities and penultimate features, from one forward pass."""
+        if self._with_features is None:
+            self._with_features = with_features(self.model)
+        probs, features = self._with_features.predict_on_batch(batch)
+        return np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32)
 
     def describe(self) -> str:
         import keras
@@ -122,16 +132,46 @@ class OpenVinoRunner:
 
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         self.ir_path, self.precision = ir_path, precision
-        self.compiled = ov.Core().compile_model(str(ir_path), "CPU", config)
+        core = ov.Core()
+        ov_model = core.read_model(str(ir_path))
+        # The classifier's input (the pooled features) as a second output, for the content
+        # check: it costs no extra computation, and the cached IR stays as it is.
+        ov_model.add_outputs([_classifier_input(ov_model)])
+        self.compiled = core.compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def predict_on_batch(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.predict_with_features(batch)[0]
+
+    def predict_with_features(
+        self, batch: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Probabilities and penultimate features, from one forward pass."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         self.request.infer({0: batch})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+        probs = np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+        features = np.array(self.request.get_output_tensor(1).data, dtype=np.float32)
+        return probs, features.reshape(len(batch), -1)
 
     def describe(self) -> str:
         return f"openvino {self.precision}"
+
+
+def _classifier_input(ov_model: Any) -> Any:
+    """The output feeding the last matrix product of an OpenVINO model: the classifier
+    head's input (the dense ``probs`` layer of every model this project builds)."""
+    matmuls = [op for op in ov_model.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    if not matmuls:
+        raise ValueError("the OpenVINO model has no MatMul: no classifier head to read")
+    return matmuls[-1].input_value(0)
+
+
+def with_features(model: Any) -> Any:
+    """A Keras model with the same input and two outputs: the probabilities and the input of
+    the ``probs`` layer (the pooled penultimate features; dropout is off at inference)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.outputs[0], model.get_layer("probs").input])
 
 
 def ir_cache_path(cache_dir: Path, sha256: str, size: int) -> Path:

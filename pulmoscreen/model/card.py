@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pulmoscreen.imaging.preprocess import PreprocessSpec
+from pulmoscreen.model.content import ContentCheck
 from pulmoscreen.storage import sha256_file
 
 __all__ = ["ModelCard", "card_path_for", "sha256_file"]
@@ -30,6 +31,9 @@ class ModelCard:
         trained: False for a randomly initialised network, whose scores are not findings.
         sha256: digest of the weights file (or of this card for an untrained network).
         details: free-form documentation (data, metrics, intended use, limitations).
+        content_check: the check that refuses what is not a frontal chest radiograph, fitted
+            on this model's features; None on cards written before it existed (the worker then
+            scores every decoded image, and says so in its log).
     """
 
     version: str
@@ -39,9 +43,10 @@ class ModelCard:
     trained: bool = True
     sha256: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    content_check: ContentCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "version": self.version,
             "labels": list(self.labels),
             "thresholds": dict(self.thresholds),
@@ -50,6 +55,17 @@ class ModelCard:
             "sha256": self.sha256,
             "details": self.details,
         }
+        if self.content_check is not None:
+            data["content_check"] = self.content_check.to_dict()
+        return data
+
+    def summary_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the content check's arrays (its version, thresholds and
+        figures stay): what the ``models`` table keeps."""
+        data = self.to_dict()
+        if self.content_check is not None:
+            data["content_check"] = self.content_check.summary_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -63,6 +79,9 @@ class ModelCard:
             trained=bool(data.get("trained", True)),
             sha256=str(data.get("sha256", "")),
             details=dict(data.get("details", {})),
+            content_check=ContentCheck.from_dict(data["content_check"])
+            if data.get("content_check")
+            else None,
         )
 
     def save(self, path: Path) -> None:

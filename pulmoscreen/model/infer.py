@@ -19,6 +19,17 @@ def predict_batch(model: Any, batch_nhwc: NDArray[np.float32]) -> NDArray[np.flo
     return np.asarray(probs, dtype=np.float32)
 
 
+def predict_with_features(
+    model: Any, batch_nhwc: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Class probabilities ``(n, n_labels)`` and penultimate features ``(n, d)`` for a batch,
+    from one forward pass of a runner (:mod:`pulmoscreen.model.backends`)."""
+    if batch_nhwc.ndim != 4:
+        raise ValueError(f"expected (n, h, w, c), got {batch_nhwc.shape}")
+    probs, features = model.predict_with_features(batch_nhwc)
+    return np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32)
+
+
 def score_probabilities(probs: NDArray[np.float32], card: ModelCard) -> Prediction:
     """One image's probabilities -> label, abnormality score (0-100) and flag.
 

@@ -148,7 +148,7 @@ class TestDecodePipeline:
         assert ids == [0, 1, 2, 4, 6]
         assert [len(c[0]) for c in chunks] == [2, 2, 1]
         assert all(c[1].shape == (len(c[0]), 32, 32, 3) for c in chunks)
-        failures = {i: reason for _, _, fs in chunks for i, reason, _ in fs}
+        failures = {i: reason for _, _, fs in chunks for i, reason, *_ in fs}
         # a missing file is not a failure: it is left queued for ingest to finish its move
         assert 5 not in failures
         assert set(failures) == {3}
