@@ -628,7 +628,10 @@ def content_check_fit(
     ] = None,
     false_reject: Annotated[
         float, typer.Option(help="False-reject rate of each part on each source's validation.")
-    ] = 0.0025,
+    ] = 0.005,
+    components: Annotated[
+        int, typer.Option(help="Principal components of the features the check works in.")
+    ] = 128,
     cache: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
 ) -> None:
     """Fit the content check on the model's own features and write it into the model's card
@@ -655,7 +658,7 @@ def content_check_fit(
         loaded.model,
         loaded.card,
         data,
-        FitConfig(false_reject=false_reject),
+        FitConfig(false_reject=false_reject, components=components),
         cache_dir=cache or settings.data_dir / "content-cache",
     )
     corpus = score_corpus(loaded.model, loaded.card, check, dicom)

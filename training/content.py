@@ -42,8 +42,8 @@ class FitConfig:
     n_train_rotated: int = 60
     n_train_flipped: int = 30
     n_test_rotated: int = 30
-    components: int = 64
-    false_reject: float = 0.0025
+    components: int = 128
+    false_reject: float = 0.005
     seed: int = 0
 
 

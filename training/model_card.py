@@ -12,6 +12,11 @@ INTENDED_USE = (
     "not make a diagnosis and must not be used to rule disease out on its own."
 )
 
+OLD_OOD_LIMITATION = (
+    "Images that are not chest radiographs (drawn phantoms, other body parts that pass the "
+    "header checks) still get an answer, often a confident one: the model has no "
+    "out-of-distribution detector."
+)
 LIMITATIONS = [
     "No ImageNet weights could be used: the backbone was trained from scratch on a few thousand "
     "public images at 128 px, and fine-tuned from there. Expect lower accuracy than published "
@@ -31,10 +36,15 @@ LIMITATIONS = [
     "sensitivity reaches the target (see the threshold rule); the realised sensitivity on new "
     "data still varies with equipment and population, and specificity pays for the margin.",
     "Not evaluated on lateral views, children in a TB programme, or images with devices.",
-    "Images that are not chest radiographs (drawn phantoms, other body parts that pass the "
-    "header checks) still get an answer, often a confident one: the model has no "
-    "out-of-distribution detector.",
+    OLD_OOD_LIMITATION,
 ]
+CONTENT_LIMITATION = (
+    "The content check (its section above) refuses what does not look like a frontal chest "
+    "radiograph as stored; it was calibrated on these sources and measured on a few dozen "
+    "non-chest files only, and its settings were chosen after looking at those figures. "
+    "Lateral chests without ViewPosition, abdomens and chests with heavy hardware were not "
+    "measured; the files it let through are listed in its section."
+)
 
 
 def _fmt(value: Any) -> str:
@@ -138,6 +148,46 @@ def _audit_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _content_section(card: ModelCard) -> list[str]:
+    """The content check: version, thresholds, false rejects per source, the corpus verdicts."""
+    check = card.content_check
+    if check is None:
+        return []
+    f = check.figures
+    lines = [
+        "",
+        "## Content check",
+        "",
+        f"`{check.version}` refuses an image (`not_chest_content`) when it lies far from the "
+        "chest classes in the model's own features (distance threshold "
+        f"{check.ood_threshold:.1f}) or looks turned by 90 degrees (p(rotated) threshold "
+        f"{check.rotation_threshold:.3f}); both come from the same forward pass as the "
+        f"probabilities. Fitted {f.get('fitted', 'n/a')} on {f.get('split', 'n/a')}, at a "
+        f"false-reject target of {_fmt(f.get('false_reject_target_per_part'))} per part; "
+        f"measured on {f.get('backend', 'n/a')}.",
+        "",
+        "| chest images refused | "
+        + " | ".join(f"{s}" for s in f.get("test_chest_false_reject", {}).get("per_source", {}))
+        + " |",
+        "|---|" + "---|" * len(f.get("test_chest_false_reject", {}).get("per_source", {})),
+    ]
+    for role in ("val", "test"):
+        per = f.get(f"{role}_chest_false_reject", {}).get("per_source", {})
+        cells = " | ".join(f"{v['refused']:.1%} of {v['images']}" for v in per.values())
+        lines.append(f"| {role} split | {cells} |")
+    rotated = f.get("test_rotated_90_270_refused", {}).get("all")
+    if rotated is not None:
+        lines += ["", f"Test chests turned by 90 or 270 degrees refused: {rotated:.1%}."]
+    corpus = f.get("corpus", {})
+    if corpus:
+        lines += ["", "| file | kind | score | verdict |", "|---|---|---|---|"]
+        for name, row in corpus.items():
+            right = row["refused"] == (row["kind"] == "not_chest")
+            verdict = ("refused" if row["refused"] else "passes") + ("" if right else " (wrong)")
+            lines.append(f"| {name} | {row['kind']} | {row['score']:.2f} | {verdict} |")
+    return lines
+
+
 def render_model_card(card: ModelCard) -> str:
     """Markdown for ``card``, with test metrics overall and per source when present."""
     d = card.details
@@ -210,7 +260,11 @@ def render_model_card(card: ModelCard) -> str:
         for source, m in metrics.get("per_source", {}).items():
             lines += ["", f"### Source: {source}", "", *_metrics_table(m)]
     lines += _audit_section(d)
+    lines += _content_section(card)
+    limitations = list(d.get("limitations", LIMITATIONS))
+    if card.content_check is not None:
+        limitations = [CONTENT_LIMITATION if x == OLD_OOD_LIMITATION else x for x in limitations]
     lines += ["", "## Limitations", ""]
-    lines += [f"- {item}" for item in d.get("limitations", LIMITATIONS)]
+    lines += [f"- {item}" for item in limitations]
     lines += ["", "Data: see `../shared/data/README.md` for sources and licences.", ""]
     return "\n".join(lines)
