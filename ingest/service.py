@@ -69,6 +69,16 @@ def display_path(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _changed(path: Path, seen: os.stat_result, now: os.stat_result | None = None) -> bool:
+    """Whether ``path`` is no longer the file ``seen`` described (rewritten or replaced)."""
+    now = now or path.stat()
+    return (now.st_size, now.st_mtime_ns, now.st_ino) != (
+        seen.st_size,
+        seen.st_mtime_ns,
+        seen.st_ino,
+    )
+
+
 def check_file_type(path: Path) -> None:
     """Only non-empty regular files are read; links are never followed (they may lead outside)."""
     mode = path.lstat()
@@ -231,19 +241,25 @@ class Ingestor:
         """Queue or quarantine one file; never raises for a bad file. None: the file vanished,
         or it is cut short but may still grow (it is read again at a later scan)."""
         source = display_path(path.relative_to(self.root))
+        seen: os.stat_result | None = None
         try:
             try:
                 check_file_type(path)
+                seen = path.stat()
                 meta = read_header(path)
             except Rejected as exc:
                 if exc.reason is RejectReason.TRUNCATED and self._may_still_grow(path, exc):
+                    return None
+                if seen is not None and _changed(path, seen):
+                    # written to while read: what was refused may not be what is there now
+                    log.info("a file changed while it was read; it is taken at a later scan")
                     return None
                 return self._quarantine(path, source, exc.reason, exc.detail, meta=None)
             except FileNotFoundError:
                 raise
             except OSError as exc:
                 return self._quarantine(path, source, RejectReason.UNREADABLE, str(exc), meta=None)
-            return self._accept(path, meta, source)
+            return self._accept(path, meta, source, seen)
         except FileNotFoundError:
             log.info("a file vanished while it was being ingested")
             return None
@@ -262,8 +278,16 @@ class Ingestor:
             )
         return True
 
-    def _accept(self, path: Path, meta: DicomMeta, source: str) -> IngestOutcome:
+    def _accept(
+        self, path: Path, meta: DicomMeta, source: str, seen: os.stat_result
+    ) -> IngestOutcome | None:
         sha = sha256_file(path)
+        now = path.stat()
+        if _changed(path, seen, now):
+            # Rewritten while read (a sender correcting the file): the header read may not be
+            # the content hashed and kept. The next scan takes it once it holds still.
+            log.info("a file changed while it was read; it is taken at a later scan")
+            return None
         dest = processed_destination(self.root, study_uid=meta.study_uid, sop_uid=meta.sop_uid)
         with self.sessions() as session:
             existing = queries.image_by_sop(session, meta.sop_uid)
@@ -290,7 +314,23 @@ class Ingestor:
                 return self._quarantine(
                     path, source, RejectReason.DUPLICATE, "registered concurrently", meta=meta
                 )
-        landed = move_file(path, dest, within=self.root)
+        try:
+            landed = move_file(path, dest, within=self.root)
+        except FileNotFoundError:
+            # The sender deleted or renamed it while it was read: nothing was received (a
+            # renamed file is taken under its new name).
+            with self.sessions.begin() as session:
+                queries.forget_queued_image(session, image_id)
+            raise
+        moved = landed.stat()
+        if (moved.st_size, moved.st_mtime_ns) != (now.st_size, now.st_mtime_ns):
+            # Written to while it was moved (a sender rewriting in place): what is kept is not
+            # what was registered. Back where it was found, and taken again once it holds still.
+            move_file(landed, path, within=self.root)
+            with self.sessions.begin() as session:
+                queries.forget_queued_image(session, image_id)
+            log.info("a file changed while it was stored; it is taken at a later scan")
+            return None
         if landed != dest:
             self._update_stored_path(image_id, landed)
         self._send([image_id])
@@ -403,6 +443,13 @@ class Ingestor:
                         type(exc).__name__,
                         backoff,
                     )
+                    stop.wait(backoff)
+                    continue
+                except OSError as exc:
+                    # processed/ or quarantine/ turned into a link, the drop folder unmounted:
+                    # nothing is moved until an operator puts it right; ingest stays up.
+                    backoff = min(30.0, max(1.0, backoff * 2))
+                    log.error("drop folder unusable (%s); retry in %.0fs", exc, backoff)
                     stop.wait(backoff)
                     continue
                 wake.wait(timeout=poll_interval)

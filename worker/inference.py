@@ -215,9 +215,12 @@ def _predict_group(  # type: ignore[no-untyped-def]
                 )
             settled.update(ids)
             predicted += int(np.sum(passed))
-    except Exception:
-        _release(factory, [i for i in by_id if i not in settled])
-        raise
+    finally:
+        # Images left untried: the worker itself failed, or the file is not in place yet
+        # (ingest finishes the move and sends it again). Neither is the image's attempt.
+        untried = [i for i in by_id if i not in settled]
+        if untried:
+            _release(factory, untried)
     return predicted, new
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -210,6 +210,24 @@ def rejected_image_at(session: Session, stored_path: str, sha256: str | None) ->
         .order_by(Image.id.desc())
         .limit(1)
     )
+
+
+def forget_queued_image(session: Session, image_id: int) -> None:
+    """Remove a queued image whose file vanished before ingest could move it (the sender
+    deleted or renamed it): nothing was received. Its study goes too when it holds no other
+    image."""
+    study_id = session.scalar(
+        select(Image.study_id).where(Image.id == image_id, Image.status == ImageStatus.QUEUED.value)
+    )
+    done = session.execute(
+        delete(Image).where(Image.id == image_id, Image.status == ImageStatus.QUEUED.value)
+    )
+    if not done.rowcount or study_id is None:
+        return
+    if session.scalar(select(func.count()).where(Image.study_id == study_id)):
+        refresh_study_status(session, [study_id])
+    else:
+        session.execute(delete(Study).where(Study.id == study_id))
 
 
 def reject_image(

@@ -149,6 +149,10 @@ def _text(ds: Dataset, keyword: str, *, strict: bool = True) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
+    if isinstance(value, MultiValue):
+        # A backslash splits a text value into several (e.g. PatientID "A\\B"): keep the
+        # value as it was written, never the list's repr, or the ID would change.
+        value = "\\".join(str(v) for v in value)
     text = str(value).strip(" \x00\t\r\n")
     if _CONTROL.search(text):
         if strict:

@@ -488,3 +488,14 @@ class TestRealChestCR:
     @pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG3_J2KI.dcm"])
     def test_extremity_cr_is_not_chest(self, name):
         assert reason_of(read_header, rg1(name)) == RejectReason.NOT_CHEST
+
+
+def test_a_patient_id_with_a_backslash_is_kept_as_written(tmp_path):
+    """pydicom splits a text value at a backslash; the ID must not become the list's repr
+    (the image would be filed under another patient)."""
+    from pulmoscreen.imaging.dicom import read_header
+    from tests.factories import make_cxr_dicom
+
+    path = make_cxr_dicom(tmp_path, seed=5, PatientID="PAT\\0042", AccessionNumber="A\\1")
+    meta = read_header(path)
+    assert (meta.patient_id, meta.accession) == ("PAT\\0042", "A\\1")

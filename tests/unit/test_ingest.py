@@ -175,6 +175,40 @@ class TestLinksOutOfTheDropFolder:
         assert (drop / "a.dcm").is_file()
         assert not any(elsewhere.iterdir())
 
+    def test_the_watch_loop_outlives_a_linked_processed_folder(self, drop, ingestor, tmp_path):
+        """The operator's mistake stops the moves, not the service: once the link is gone,
+        the waiting file is taken."""
+        import threading
+
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (drop / "processed").symlink_to(elsewhere, target_is_directory=True)
+        make_cxr_dicom(drop, seed=73, filename="a.dcm")
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                ingestor.watch(stop, poll_interval=0.1)
+            except BaseException as exc:  # the loop must not end by itself
+                errors.append(exc)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        time.sleep(1.5)
+        assert thread.is_alive(), errors
+        assert (drop / "a.dcm").is_file()
+        (drop / "processed").unlink()
+        deadline = time.monotonic() + 20
+        while (drop / "a.dcm").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        thread.join(timeout=10)
+        assert errors == []
+        assert not (drop / "a.dcm").exists()
+        assert list((drop / "processed").rglob("*.dcm"))
+        assert not any(elsewhere.iterdir())
+
     def test_a_link_planted_on_the_way_keeps_the_file_and_the_scan_going(
         self, drop, ingestor, tmp_path, sent
     ):
@@ -435,3 +469,53 @@ class TestBrokerDown:
         assert ingestor.maybe_check_broker() == 2
         assert sorted(sent) == sorted(o.image_id for o in outcomes)
         assert ingestor.maybe_check_broker() == 0  # the same run: nothing to send again
+
+
+class TestFileGoneWhileRead:
+    def test_a_file_deleted_before_its_move_leaves_no_row(self, drop, ingestor, sent, monkeypatch):
+        """The sender deletes (or renames) the file after ingest read it and committed its
+        row: nothing was received, so no queued row may wait for a file that never comes."""
+        from ingest import service
+
+        real = service.move_file
+
+        def vanish_then_move(src, dest, **kw):
+            src.unlink()
+            return real(src, dest, **kw)
+
+        monkeypatch.setattr(service, "move_file", vanish_then_move)
+        make_cxr_dicom(drop, seed=80, filename="gone.dcm")
+        assert ingestor.scan_once() == []
+        with ingestor.sessions() as session:
+            assert session.scalars(select(Image)).all() == []
+            assert session.scalars(select(Study)).all() == []
+        assert sent == []
+
+    def test_a_file_rewritten_while_read_is_taken_as_it_ends(
+        self, drop, ingestor, sent, monkeypatch, tmp_path
+    ):
+        """A sender corrects the file (another PatientID) while ingest reads it: the header
+        read is not what would be kept, so the file waits for a later scan and is filed
+        under the corrected patient."""
+        from ingest import service
+        from pulmoscreen.db import Study
+
+        corrected = make_cxr_dicom(tmp_path / "pacs", seed=81, PatientID="RIGHT-1")
+        path = make_cxr_dicom(drop, seed=81, PatientID="WRONG-1", filename="x.dcm")
+        real = service.read_header
+        rewrites = [corrected.read_bytes()]
+
+        def read_then_rewrite(p):
+            meta = real(p)
+            if rewrites:
+                time.sleep(0.01)
+                p.write_bytes(rewrites.pop())
+            return meta
+
+        monkeypatch.setattr(service, "read_header", read_then_rewrite)
+        assert ingestor.scan_once() == []  # changed under the reader: not taken
+        assert path.is_file()
+        [outcome] = ingestor.scan_once()
+        assert outcome.status == "queued"
+        with ingestor.sessions() as session:
+            assert session.scalars(select(Study.patient_id)).all() == ["RIGHT-1"]

@@ -338,3 +338,16 @@ class TestReExport:
         assert Path(earlier.stored_path).parent == drop / "quarantine"
         assert Path(earlier.stored_path).is_file()
         assert earlier.study_id == image.study_id
+
+
+class TestFileNotInPlace:
+    def test_a_file_not_moved_yet_costs_no_attempt(self, tmp_path, sqlite_url, tiny_model_path):
+        drop = tmp_path / "inbox"
+        [image_id] = ingest(drop, sqlite_url, 1, seed=90)
+        stored = Path(rows(sqlite_url)[image_id].stored_path)
+        stored.replace(drop / "back.dcm")  # as if ingest had not finished the move
+        settings = settings_for(sqlite_url, tiny_model_path, max_attempts=1)
+        for _ in range(3):
+            assert predict_images(settings, [image_id], worker="w") == []
+        image = rows(sqlite_url)[image_id]
+        assert (image.status, image.attempts) == ("queued", 0)
