@@ -34,6 +34,7 @@ from training.train import (
     load_splits,
     load_trained,
     make_splits,
+    sources_seen_by,
     split_arrays,
 )
 
@@ -153,6 +154,11 @@ def finalize(config: TrainConfig) -> ModelCard:
         "created": created.isoformat(timespec="seconds"),
         "training": config.to_dict(),
         "lineage": _lineage(config),
+        # every source this model or a model it started from trained on (for the LOSO check)
+        "sources_seen": sorted(
+            sources_seen_by(config.init)
+            | ({Path(p).name for p in config.data} - set(config.hold_out))
+        ),
         "precision": state.get("precision", "float32"),
         "history": state.get("history", []),
         "data_counts": _counts(splits),

@@ -400,9 +400,39 @@ def set_trainable(serving: Any, *, phase_one: bool, from_: str) -> None:
         layer.trainable = False
 
 
+def sources_seen_by(init: str | Path | None) -> set[str]:
+    """Sources (folder names) the model at ``init`` was trained on, its own starting models'
+    included, as its card records them; none for ``scratch``/``imagenet`` or a card-less file."""
+    if init is None or str(init) in ("scratch", "imagenet"):
+        return set()
+    from pulmoscreen.model import card_path_for
+
+    card = card_path_for(Path(init))
+    if not card.exists():
+        return set()
+    details = json.loads(card.read_text()).get("details", {})
+    training = details.get("training", {})
+    held = set(training.get("hold_out", []))
+    own = {Path(p).name for p in training.get("data", [])} - held
+    return own | set(details.get("sources_seen", []))
+
+
+def check_init_unseen(config: TrainConfig) -> None:
+    """Refuse a leave-one-source-out run that starts from a model which saw that source: its
+    held-out figures would not be held out."""
+    seen = set(config.hold_out) & sources_seen_by(config.init)
+    if seen:
+        raise ValueError(
+            f"--init {config.init} was trained on {sorted(seen)}, which --hold-out-source "
+            "leaves out: start from a model that never saw it"
+        )
+
+
 def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     """Run (or continue) the fit stage; returns the saved state."""
     import keras
+
+    check_init_unseen(config)
 
     keras.utils.set_random_seed(config.seed)
     keras.config.set_dtype_policy(choose_precision(config.precision))

@@ -119,3 +119,44 @@ class TestSampleWeights:
         labels = np.array([0] * 6 + [2] * 2)
         got = sample_weights(self.samples(groups), labels, "class", cap=2)
         np.testing.assert_allclose(got, [4 / 6] * 6 + [4 / 6] * 2)
+
+
+def test_a_held_out_source_the_starting_model_saw_is_refused(tmp_path):
+    """A leave-one-source-out run from a model that trained on that source measures nothing
+    held out: it is refused before any fit."""
+    import pytest
+
+    from pulmoscreen.domain import LABELS
+    from pulmoscreen.model import ModelCard, card_path_for
+    from training.train import TrainConfig, check_init_unseen, sources_seen_by
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(b"")
+    ModelCard(
+        version="m",
+        labels=LABELS,
+        thresholds={},
+        details={
+            "training": {"data": ["d/kermany", "d/shenzhen_128"], "hold_out": []},
+            "sources_seen": ["nih"],
+        },
+    ).save(card_path_for(model))
+    assert sources_seen_by(model) == {"kermany", "shenzhen_128", "nih"}
+    config = TrainConfig(
+        data=(tmp_path / "shenzhen_128",),
+        out=tmp_path / "run",
+        init=str(model),
+        hold_out=("shenzhen_128",),
+    )
+    with pytest.raises(ValueError, match="was trained on"):
+        check_init_unseen(config)
+    check_init_unseen(TrainConfig(data=(tmp_path,), out=tmp_path / "r", init=str(model)))
+    held_out_there = ModelCard(
+        version="h",
+        labels=LABELS,
+        thresholds={},
+        details={"training": {"data": ["d/shenzhen_128"], "hold_out": ["shenzhen_128"]}},
+    )
+    held_out_there.save(card_path_for(model))
+    assert sources_seen_by(model) == set()
+    check_init_unseen(config)  # that model never saw it: allowed
