@@ -12,18 +12,6 @@ from tests.factories import make_cxr_dicom
 
 
 @pytest.fixture
-def drop(tmp_path):
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def sent():
-    return []
-
-
-@pytest.fixture
 def ingestor(drop, sqlite_url, sent):
     return Ingestor(
         drop, sessions=session_factory(sqlite_url), enqueue=sent.extend, stable_seconds=0

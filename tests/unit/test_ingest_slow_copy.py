@@ -15,18 +15,6 @@ GRACE = 3.0  # seconds a file that reads as cut short may hold still before it i
 
 
 @pytest.fixture
-def drop(tmp_path):
-    folder = tmp_path / "inbox"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def sent():
-    return []
-
-
-@pytest.fixture
 def ingestor(drop, sqlite_url, sent):
     return Ingestor(
         drop,
