@@ -33,22 +33,40 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ingest.scanner import IncompleteTracker, StabilityTracker, iter_candidates
 from pulmoscreen.db import queries
-from pulmoscreen.db.schema import utcnow
+from pulmoscreen.db.schema import Image, utcnow
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.dicom import DicomMeta, read_header
 from pulmoscreen.storage import (
+    QUARANTINE_DIR,
+    SIDECAR_SUFFIX,
     check_own_dirs,
+    files_without_sidecar,
     move_file,
     processed_destination,
     quarantine_file,
+    quarantined_image_id,
     resolve_stored_path,
     sha256_file,
+    sidecar_for,
     to_stored_path,
+    write_sidecar,
 )
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[Iterable[int]], object]
+
+
+@dataclass(frozen=True)
+class _Unsettled:
+    """A rejected row whose file is not recorded in ``quarantine/``."""
+
+    id: int
+    stored_path: str
+    sha256: str | None
+    source_path: str
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,7 @@ class Ingestor:
         truncated_grace: float = 0.0,
         broker_run_id: Callable[[], str | None] | None = None,
         broker_check_interval: float = 5.0,
+        repair_interval: float = 60.0,
     ) -> None:
         self.root = root.resolve()
         self.storage_root = storage_root
@@ -120,6 +139,8 @@ class Ingestor:
         self.broker_check_interval = broker_check_interval
         self._broker_run: str | None = None  # the broker run that holds every task sent so far
         self._next_broker_check = 0.0
+        self.repair_interval = repair_interval
+        self._next_repair = 0.0
 
     @property
     def waiting(self) -> int:
@@ -128,7 +149,13 @@ class Ingestor:
         return self.tracker.waiting + self.incomplete.waiting
 
     def recover(self) -> int:
-        """Re-send every image still queued (after a crash or restart); returns how many."""
+        """At start: finish what a crash left half done in ``quarantine/``, and re-send every
+        image still queued (after a crash or restart); returns how many were re-sent."""
+        self.repair_quarantine()
+        self._next_repair = time.monotonic() + self.repair_interval
+        return self._resend_queued()
+
+    def _resend_queued(self) -> int:
         run = self._read_broker_run()  # before the rows: a restart after this is seen later
         with self.sessions() as session:
             ids = queries.queued_image_ids(session)
@@ -152,7 +179,7 @@ class Ingestor:
         if self._broker_run is not None:
             log.warning("the broker restarted: its tasks may be lost; re-sending queued images")
         try:
-            return self.recover()
+            return self._resend_queued()
         except SQLAlchemyError:
             raise  # the watch loop backs off; the run is not recorded, so this is retried
         except Exception as exc:
@@ -208,6 +235,112 @@ class Ingestor:
             return 0
         self._next_sweep = time.monotonic() + min(30.0, max(1.0, self.resend_after / 4))
         return self.resend_stale()
+
+    def repair_quarantine(self, *, settled_for: float = 0.0) -> int:
+        """Finish quarantine moves a crash or a full disk left half done; returns how many files
+        were put right. Rows last changed less than ``settled_for`` seconds ago are left to the
+        process that is still handling them.
+
+        - A rejected row that names a file outside ``quarantine/`` (ingest or a worker was
+          killed between the row and the move, or between the move and the row's update): the
+          file moved is found by the image id in its quarantine name and recorded; a file still
+          where the row says, with the row's content, is moved now.
+        - A quarantined file without its sidecar (written when the disk was full, or a crash
+          before it) gets one, from its row.
+        """
+        quarantine = self.root / QUARANTINE_DIR
+        cutoff = utcnow() - timedelta(seconds=settled_for) if settled_for else None
+        with self.sessions() as session:
+            pending = [
+                _Unsettled(
+                    row.id,
+                    row.stored_path or "",
+                    row.sha256,
+                    row.source_path,
+                    row.reject_reason or "",
+                    row.reject_detail or "",
+                )
+                for row in queries.rejected_elsewhere(
+                    session, to_stored_path(quarantine, self.storage_root), updated_before=cutoff
+                )
+            ]
+        moved: dict[int, Path] = {}
+        if pending:
+            moved = {
+                number: path
+                for path in sorted(quarantine.glob("*"))
+                if not path.name.endswith(SIDECAR_SUFFIX)
+                and (number := quarantined_image_id(path)) is not None
+            }
+        fixed = 0
+        for row in pending:
+            landed = moved.get(row.id) or self._finish_quarantine(row)
+            if landed is not None:
+                self._update_stored_path(row.id, landed)
+                fixed += 1
+        written, missing = self._write_missing_sidecars()
+        fixed += written
+        if missing:  # the disk is still full: try again soon rather than at the next sweep
+            self._next_repair = min(self._next_repair, time.monotonic() + 5.0)
+        if fixed:
+            log.warning("put %d quarantined files right after an interruption", fixed)
+        return fixed
+
+    def _finish_quarantine(self, row: _Unsettled) -> Path | None:
+        """Move a rejected file still where its row says (same content) into quarantine."""
+        path = resolve_stored_path(row.stored_path, self.storage_root)
+        if not path.absolute().is_relative_to(self.root):
+            return None  # another drop folder's row
+        if row.sha256 is None and os.path.lexists(path):
+            return None  # not a regular file: the scan quarantines it under this same row
+        if not path.is_file() or row.sha256 is None or sha256_file(path) != row.sha256:
+            log.warning("image %d: its rejected file is neither in place nor quarantined", row.id)
+            return None
+        try:
+            return quarantine_file(
+                path,
+                self.root,
+                reason=row.reason,
+                detail=row.detail,
+                source=row.source_path,
+                image_id=row.id,
+            )
+        except OSError as exc:  # moved by a worker meanwhile, or a full disk: next sweep
+            log.warning("image %d: quarantine repair deferred (%s)", row.id, exc.strerror)
+            return None
+
+    def _write_missing_sidecars(self) -> tuple[int, int]:
+        """Write the sidecar of every quarantined file that has none, from its row: (written,
+        still missing)."""
+        written = missing = 0
+        for path in files_without_sidecar(self.root):
+            number = quarantined_image_id(path)
+            with self.sessions() as session:
+                row = (
+                    session.get(Image, number)
+                    if number is not None
+                    else queries.image_at(session, to_stored_path(path, self.storage_root))
+                )
+                if row is None or row.status != "rejected":
+                    continue
+                reason, detail, source = (
+                    row.reject_reason or "",
+                    row.reject_detail or "",
+                    row.source_path,
+                )
+            if write_sidecar(path, reason=reason, detail=detail, source=source):
+                written += 1
+            else:
+                missing += 1
+        return written, missing
+
+    def maybe_repair_quarantine(self) -> int:
+        """:meth:`repair_quarantine`, at most once every ``repair_interval`` seconds, leaving
+        alone rows that changed within the last 30 s (a worker may be moving that file now)."""
+        if time.monotonic() < self._next_repair:
+            return 0
+        self._next_repair = time.monotonic() + self.repair_interval
+        return self.repair_quarantine(settled_for=30.0)
 
     def scan_once(self) -> list[IngestOutcome]:
         """Ingest every candidate that has stopped changing; others wait for a later scan."""
@@ -337,7 +470,7 @@ class Ingestor:
         log.info("image %d queued (SOPInstanceUID %s)", image_id, meta.sop_uid)
         return IngestOutcome(image_id, "queued")
 
-    def _existing(self, path, meta, source, sha, existing) -> IngestOutcome:  # type: ignore[no-untyped-def]
+    def _existing(self, path, meta, source, sha, existing) -> IngestOutcome | None:  # type: ignore[no-untyped-def]
         stored = (
             resolve_stored_path(existing.stored_path, self.storage_root)
             if existing.stored_path
@@ -348,6 +481,17 @@ class Ingestor:
             move_file(path, stored, within=self.root)
             self._send([existing.id])
             return IngestOutcome(existing.id, existing.status)
+        if existing.status == "queued" and stored is not None and not stored.exists():
+            # Not the file registered, and the registered one is gone from processed/: a worker
+            # handed a file changed since its registration back (and was stopped before it
+            # removed the row), or the file changed before an interrupted move. Registered anew
+            # under its own header at the next scan.
+            with self.sessions.begin() as session:
+                queries.forget_queued_image(session, existing.id)
+            log.info(
+                "image %d changed since it was registered; it is registered again", existing.id
+            )
+            return None
         if existing.status == "rejected" and existing.reject_reason in queries.REOPENABLE:
             return self._reopen(path, meta, source, sha, existing)
         same = "same content" if existing.sha256 == sha else "different content"
@@ -382,7 +526,9 @@ class Ingestor:
         self, path: Path, source: str, reason: RejectReason, detail: str, *, meta: DicomMeta | None
     ) -> IngestOutcome:
         """Record, then move: the row is written while the file is still where it was found
-        (a database outage leaves both untouched), and names the file's new place after."""
+        (a database outage leaves both untouched), and names the file's new place after. The
+        quarantine name carries the image id, so a crash between the move and the update is
+        put right by :meth:`repair_quarantine`."""
         sha = size = None
         if path.is_file() and not path.is_symlink():
             sha, size = sha256_file(path), path.stat().st_size
@@ -399,8 +545,12 @@ class Ingestor:
                 detail=detail,
                 meta=meta,
             )
-        dest = quarantine_file(path, self.root, reason=reason.value, detail=detail, source=source)
+        dest = quarantine_file(
+            path, self.root, reason=reason.value, detail=detail, source=source, image_id=image_id
+        )
         self._update_stored_path(image_id, dest)
+        if not sidecar_for(dest).exists():  # a full disk: written by the next repair sweep
+            self._next_repair = min(self._next_repair, time.monotonic() + 5.0)
         log.warning("image %d quarantined: %s", image_id, reason.value)
         return IngestOutcome(image_id, "rejected", reason.value)
 
@@ -433,6 +583,7 @@ class Ingestor:
                     self.scan_once()
                     self.maybe_resend_stale()
                     self.maybe_check_broker()
+                    self.maybe_repair_quarantine()
                     backoff = poll_interval
                 except SQLAlchemyError as exc:
                     # The database is down or refusing: files stay where they are and are

@@ -114,23 +114,84 @@ def resolve_stored_path(stored: str, storage_root: Path | None) -> Path:
     return storage_root / path
 
 
-def quarantine_file(src: Path, root: Path, *, reason: str, detail: str, source: str) -> Path:
-    """Move ``src`` into ``root/quarantine/`` and write a sidecar that says why."""
+_STAMP = re.compile(r"^\d{8}T\d{6}_")
+_QUARANTINED = re.compile(r"^\d{8}T\d{6}_(\d+)_")
+
+
+def quarantine_file(
+    src: Path,
+    root: Path,
+    *,
+    reason: str,
+    detail: str,
+    source: str,
+    image_id: int | None = None,
+) -> Path:
+    """Move ``src`` into ``root/quarantine/`` and write a sidecar that says why.
+
+    The file is named ``<UTC stamp>_<image id>_<name>``: the id lets a restart find a file
+    whose move a crash interrupted before its row named the new place
+    (:func:`quarantined_image_id`). A sidecar that cannot be written (a full disk) is left for
+    :func:`write_sidecar` later; the reason is in SQL meanwhile.
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     name = safe_name(Path(source).name or src.name)
-    dest = move_file(src, root / QUARANTINE_DIR / f"{stamp}_{name}", within=root)
-    sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
-    try:
-        sidecar.write_text(
-            json.dumps(
-                {"reason": reason, "detail": detail, "source": source, "quarantined_at": stamp},
-                indent=2,
-            )
-            + "\n"
-        )
-    except OSError as exc:
-        # A full disk: the file has moved and the reason is in SQL; the sidecar is a copy.
-        log.error("no sidecar for %s (%s)", dest.name, exc.strerror or type(exc).__name__)
-        with contextlib.suppress(OSError):
-            sidecar.unlink()
+    prefix = f"{stamp}_{image_id}_" if image_id is not None else f"{stamp}_"
+    dest = move_file(src, root / QUARANTINE_DIR / f"{prefix}{name}", within=root)
+    write_sidecar(dest, reason=reason, detail=detail, source=source)
     return dest
+
+
+def sidecar_for(quarantined: Path) -> Path:
+    """``quarantine/x.dcm`` -> ``quarantine/x.dcm.reason.json``."""
+    return quarantined.with_name(quarantined.name + SIDECAR_SUFFIX)
+
+
+def quarantined_image_id(quarantined: Path) -> int | None:
+    """The image id in a quarantined file's name (None for a name without one)."""
+    match = _QUARANTINED.match(quarantined.name)
+    return int(match.group(1)) if match else None
+
+
+def write_sidecar(quarantined: Path, *, reason: str, detail: str, source: str) -> bool:
+    """Write the sidecar of a quarantined file (whole or not at all); False when the disk
+    refused it (logged; the caller may try again once space returns)."""
+    sidecar = sidecar_for(quarantined)
+    stamp = quarantined.name[:15] if _STAMP.match(quarantined.name) else None
+    text = (
+        json.dumps(
+            {"reason": reason, "detail": detail, "source": source, "quarantined_at": stamp},
+            indent=2,
+        )
+        + "\n"
+    )
+    partial = sidecar.with_name(f".{sidecar.name}.part")
+    try:
+        partial.write_text(text)
+        os.replace(partial, sidecar)
+    except OSError as exc:
+        log.error(
+            "no sidecar for %s yet (%s)", quarantined.name, exc.strerror or type(exc).__name__
+        )
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        return False
+    return True
+
+
+def files_without_sidecar(root: Path) -> list[Path]:
+    """Quarantined files of ``root`` that have no sidecar (a full disk or a crash in between)."""
+    folder = root / QUARANTINE_DIR
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    names = {entry.name for entry in entries}
+    return [
+        folder / entry.name
+        for entry in entries
+        if not entry.name.startswith(".")
+        and not entry.name.endswith(SIDECAR_SUFFIX)
+        and entry.is_file(follow_symlinks=False)
+        and entry.name + SIDECAR_SUFFIX not in names
+    ]

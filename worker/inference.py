@@ -28,7 +28,14 @@ from pulmoscreen.model import (
     predict_with_features,
     score_probabilities,
 )
-from pulmoscreen.storage import quarantine_file, resolve_stored_path, to_stored_path
+from pulmoscreen.storage import (
+    move_file,
+    quarantine_file,
+    resolve_stored_path,
+    safe_name,
+    sha256_file,
+    to_stored_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,7 @@ class _Todo:
     attempts: int
     retry_reason: str | None
     retry_detail: str | None
+    sha256: str | None = None
 
 
 def predict_images(settings: Settings, image_ids: list[int], *, worker: str | None) -> list[int]:
@@ -127,6 +135,7 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
                 attempts=image.attempts,
                 retry_reason=image.retry_reason,
                 retry_detail=image.retry_detail,
+                sha256=image.sha256,
             )
             for image in queries.images_to_predict(session, image_ids, model_id)
         ]
@@ -158,63 +167,50 @@ def _predict_group(  # type: ignore[no-untyped-def]
     deferred: list[int],
     worker: str | None,
 ) -> tuple[int, int]:
-    """Claim, read, score and save ``group``; (predicted, new predictions)."""
+    """Claim, read, score and save ``group``; (predicted, new predictions).
+
+    Only a file that still holds what ingest registered is scored (its sha256 before the
+    decode, its size, mtime and inode unchanged after): a file rewritten in place since (a
+    sender correcting a header) is handed back to ingest, which registers it again under its
+    own header, so no result lands under the patient of the old one.
+    """
     by_id = {item.id: item for item in group}
     with factory.begin() as session:
         queries.claim_for_prediction(session, list(by_id))
     settled: set[int] = set()
     predicted = new = 0
     try:
+        seen, changed = _registered_files(group, threads=settings.decode_threads or None)
+        settled.update(item.id for item in changed if _send_back(factory, item))
         chunks = iter_prepared(
-            {item.id: item.path for item in group},
+            {image_id: by_id[image_id].path for image_id in seen},
             loaded.card.preprocess,
             chunk=settings.infer_batch,
             threads=settings.decode_threads or None,
         )
         for ids, inputs, failures in chunks:
             for image_id, reason, detail, retry in failures:
-                settled.add(image_id)
                 item = by_id[image_id]
-                if retry:
-                    _defer(factory, item, reason, detail)
-                    deferred.append(image_id)
-                else:
-                    _reject(
-                        factory,
-                        image_id,
-                        item.path,
-                        item.source,
-                        reason,
-                        detail,
-                        storage_root=settings.storage_root,
-                    )
-            if not ids:
-                continue
-            probs, content = _predict_chunk(loaded, inputs)
-            passed = content.passed if content is not None else np.ones(len(ids), dtype=bool)
-            results = [
-                (i, score_probabilities(p, loaded.card))
-                for i, p, ok in zip(ids, probs, passed, strict=True)
-                if ok
-            ]
-            with factory.begin() as session:
-                if content is not None:
-                    scores = list(zip(ids, content.score.tolist(), strict=True))
-                    queries.set_content_scores(session, scores)
-                new += queries.save_predictions(
-                    session, model_id=model_id, results=results, worker=worker
-                )
-            for k in np.flatnonzero(~passed):
-                _refuse_content(
+                if _moved_on(item, seen[image_id]):
+                    if _send_back(factory, item):
+                        settled.add(image_id)
+                    continue
+                settled.add(image_id)
+                _fail(settings, factory, item, reason, detail, retry=retry, deferred=deferred)
+            if ids:
+                done, n_new = _score_chunk(
                     factory,
-                    by_id[ids[k]],
-                    content,
-                    int(k),
                     loaded,
+                    model_id,
+                    [by_id[i] for i in ids],
+                    inputs,
+                    seen,
+                    worker=worker,
                     storage_root=settings.storage_root,
                 )
-            settled.update(ids)
-            predicted += int(np.sum(passed))
+                settled.update(done)
+                predicted += len(done)
+                new += n_new
     finally:
         # Images left untried: the worker itself failed, or the file is not in place yet
         # (ingest finishes the move and sends it again). Neither is the image's attempt.
@@ -222,6 +218,137 @@ def _predict_group(  # type: ignore[no-untyped-def]
         if untried:
             _release(factory, untried)
     return predicted, new
+
+
+def _fail(  # type: ignore[no-untyped-def]
+    settings: Settings,
+    factory,
+    item: _Todo,
+    reason: RejectReason,
+    detail: str,
+    *,
+    retry: bool,
+    deferred: list[int],
+) -> None:
+    """A file that gave no input: tried again later when the failure may pass, else
+    quarantined."""
+    if retry:
+        _defer(factory, item, reason, detail)
+        deferred.append(item.id)
+    else:
+        _reject(
+            factory,
+            item.id,
+            item.path,
+            item.source,
+            reason,
+            detail,
+            storage_root=settings.storage_root,
+        )
+
+
+def _score_chunk(  # type: ignore[no-untyped-def]
+    factory,
+    loaded: LoadedModel,
+    model_id: int,
+    items: list[_Todo],
+    inputs: NDArray[np.float32],
+    seen: dict[int, os.stat_result | None],
+    *,
+    worker: str | None,
+    storage_root: Path | None,
+) -> tuple[list[int], int]:
+    """Score one chunk and save what holds: (ids settled, new predictions). A file changed
+    during its decode is handed back to ingest instead; one the content check refuses is
+    quarantined; the rest are predicted."""
+    ids = [item.id for item in items]
+    intact = np.array([not _moved_on(item, seen[item.id]) for item in items], dtype=bool)
+    handed_back = [
+        item.id for k, item in enumerate(items) if not intact[k] and _send_back(factory, item)
+    ]
+    probs, content = _predict_chunk(loaded, inputs)
+    passed = content.passed if content is not None else np.ones(len(ids), dtype=bool)
+    results = [
+        (i, score_probabilities(p, loaded.card))
+        for i, p, ok, kept in zip(ids, probs, passed, intact, strict=True)
+        if ok and kept
+    ]
+    with factory.begin() as session:
+        if content is not None:
+            scores = [
+                (i, float(x)) for i, x, kept in zip(ids, content.score, intact, strict=True) if kept
+            ]
+            queries.set_content_scores(session, scores)
+        new = queries.save_predictions(session, model_id=model_id, results=results, worker=worker)
+    for k in np.flatnonzero(~passed & intact):
+        _refuse_content(factory, items[k], content, int(k), loaded, storage_root=storage_root)
+    return [i for i, kept in zip(ids, intact, strict=True) if kept] + handed_back, new
+
+
+def _registered_files(
+    items: list[_Todo], *, threads: int | None
+) -> tuple[dict[int, os.stat_result | None], list[_Todo]]:
+    """Each file's state before its decode, for those that hold the content ingest registered
+    (by sha256), and the items whose file changed since. A file not in place is in neither; a
+    file that cannot be read is decoded anyway (state None), and its decode says why."""
+
+    def check(item: _Todo) -> os.stat_result | bool | None:
+        try:
+            before = item.path.stat()
+        except FileNotFoundError:
+            return True  # not in place
+        except OSError:
+            return None
+        try:
+            if item.sha256 is not None and sha256_file(item.path) != item.sha256:
+                return False
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return None
+        return before
+
+    seen: dict[int, os.stat_result | None] = {}
+    changed: list[_Todo] = []
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+        for item, state in zip(items, pool.map(check, items), strict=True):
+            if state is False:
+                changed.append(item)
+            elif state is not True:
+                seen[item.id] = state
+    return seen, changed
+
+
+def _moved_on(item: _Todo, before: os.stat_result | None) -> bool:
+    """Whether the file was rewritten or replaced after :func:`_registered_files` looked."""
+    if before is None:
+        return False
+    try:
+        now = item.path.stat()
+    except OSError:
+        return False  # gone or unreadable: the decode's own outcome stands
+    return (now.st_size, now.st_mtime_ns, now.st_ino) != (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+
+
+def _send_back(factory, item: _Todo) -> bool:  # type: ignore[no-untyped-def]
+    """Hand a file that changed since ingest registered it back to ingest: moved back among
+    the drop folder's files, then its queued row removed (ingest registers it anew; a crash in
+    between is put right by ingest, which finds the queued row's file gone and its content
+    changed). False when it could not be moved (left queued, sent again later)."""
+    root = _drop_root(item.path)
+    try:
+        move_file(item.path, root / safe_name(Path(item.source).name), within=root)
+    except OSError as exc:
+        log.error("image %d changed since ingest; cannot hand it back (%s)", item.id, exc)
+        return False
+    with factory.begin() as session:
+        queries.forget_queued_image(session, item.id)
+    log.warning("image %d: its file changed since ingest registered it; handed back", item.id)
+    return True
 
 
 def _predict_chunk(
@@ -391,7 +518,8 @@ def _reject(  # type: ignore[no-untyped-def]
 
     The row is marked first, and only while still queued: a result that landed meanwhile keeps
     its file where it is. The file moves after, and the row then names its new place; a crash
-    in between leaves a rejected row that names where the file still is.
+    in between is put right by ingest (``Ingestor.repair_quarantine``: the quarantine name
+    carries the image id).
     """
     log.warning("image %d rejected at decode: %s", image_id, reason.value)
     stored = to_stored_path(path, storage_root) if path.exists() else None
@@ -404,7 +532,12 @@ def _reject(  # type: ignore[no-untyped-def]
         return
     try:
         dest = quarantine_file(
-            path, _drop_root(path), reason=reason.value, detail=detail, source=source
+            path,
+            _drop_root(path),
+            reason=reason.value,
+            detail=detail,
+            source=source,
+            image_id=image_id,
         )
     except OSError as exc:
         # The row is rejected and names where the file still lies; the batch goes on.

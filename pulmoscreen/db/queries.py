@@ -212,6 +212,29 @@ def rejected_image_at(session: Session, stored_path: str, sha256: str | None) ->
     )
 
 
+def rejected_elsewhere(
+    session: Session, quarantine: str, *, updated_before: datetime | None = None
+) -> list[Image]:
+    """Rejected rows whose stored path is not in ``quarantine`` (its stored-path form): a crash
+    came between the row and the file's move, or between the move and the row's update."""
+    escaped = quarantine.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = select(Image).where(
+        Image.status == ImageStatus.REJECTED.value,
+        Image.stored_path.is_not(None),
+        Image.stored_path.not_like(f"{escaped}/%", escape="\\"),
+    )
+    if updated_before is not None:
+        query = query.where(Image.updated_at < updated_before)
+    return list(session.scalars(query.order_by(Image.id)))
+
+
+def image_at(session: Session, stored_path: str) -> Image | None:
+    """The row that names ``stored_path``, if any."""
+    return session.scalars(
+        select(Image).where(Image.stored_path == stored_path).order_by(Image.id.desc()).limit(1)
+    ).first()
+
+
 def forget_queued_image(session: Session, image_id: int) -> None:
     """Remove a queued image whose file vanished before ingest could move it (the sender
     deleted or renamed it): nothing was received. Its study goes too when it holds no other

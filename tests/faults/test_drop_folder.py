@@ -52,12 +52,6 @@ def fill(folder: Path) -> int:
 
 
 class TestDiskFull:
-    @pytest.mark.xfail(
-        reason="known gap: on ENOSPC a quarantined file keeps its row and reason in SQL but "
-        "gets no .reason.json sidecar, and nothing writes it once space returns "
-        "(pulmoscreen/storage.py quarantine_file)",
-        strict=False,
-    )
     def test_drop_volume_full(self, deploy, fault_results, tmp_path):
         mount = tmp_path / "volume"
         try:
@@ -211,17 +205,7 @@ def tampered_scenario(
     [
         "rename",
         "delete",
-        pytest.param(
-            "rewrite",
-            marks=pytest.mark.xfail(
-                reason="known gap: ingest compares size, mtime and inode before the header "
-                "read, after hashing and after the move (43 of 86 rewritten files were "
-                "misattributed before; 2 of 58 after), but a rewrite that lands after the "
-                "last check and before the worker reads the file still scores new content "
-                "under the old header; the worker would have to hash what it decodes",
-                strict=False,
-            ),
-        ),
+        "rewrite",
     ],
 )
 class TestChangedWhileRead:

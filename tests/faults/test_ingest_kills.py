@@ -67,17 +67,7 @@ class KillPoints:
     ("point", "label"),
     [
         ("commit", "ingest SIGKILLed after the commit"),
-        pytest.param(
-            "move",
-            "ingest SIGKILLed after the move",
-            marks=pytest.mark.xfail(
-                reason="known gap: a kill between a quarantine move and the row's update leaves "
-                "the row naming the drop folder and the quarantined file without a row "
-                "(ingest/service.py _quarantine: record, move, record again; nothing repairs "
-                "it at restart)",
-                strict=False,
-            ),
-        ),
+        ("move", "ingest SIGKILLed after the move"),
         ("send", "ingest SIGKILLed after the send"),
     ],
 )

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ingest import Ingestor, StabilityTracker, iter_candidates
-from pulmoscreen.db import Image, Study, session_factory
+from pulmoscreen.db import Image, Study, queries, session_factory
 from tests.factories import make_cxr_dicom
 
 
@@ -507,3 +507,97 @@ class TestFileGoneWhileRead:
         assert outcome.status == "queued"
         with ingestor.sessions() as session:
             assert session.scalars(select(Study.patient_id)).all() == ["RIGHT-1"]
+
+
+class TestQuarantineRepair:
+    """A crash or a full disk in the middle of a quarantine is put right at the next start."""
+
+    def test_a_crash_between_the_quarantine_move_and_the_row_update_is_put_right(
+        self, drop, ingestor, monkeypatch
+    ):
+        (drop / "junk.dcm").write_text("not dicom")
+        import ingest.service as service
+
+        def crash(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(service.Ingestor, "_update_stored_path", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ingestor.scan_once()
+        monkeypatch.undo()
+        [row] = rows(ingestor)
+        assert row.stored_path.endswith("/junk.dcm")  # the file moved, the row did not follow
+        [moved] = [p for p in (drop / "quarantine").iterdir() if p.suffix == ".dcm"]
+        assert ingestor.repair_quarantine() == 1
+        [row] = rows(ingestor)
+        assert Path(row.stored_path) == moved
+        assert ingestor.scan_once() == []
+        [again] = rows(ingestor)
+        assert again.stored_path == row.stored_path  # nothing moved twice, no second row
+
+    def test_a_worker_killed_between_its_rejection_and_the_move_is_finished_by_ingest(
+        self, drop, ingestor, monkeypatch
+    ):
+        from pulmoscreen.domain import RejectReason
+        from worker import inference
+
+        make_cxr_dicom(drop, seed=14)
+        [outcome] = ingestor.scan_once()
+        [row] = rows(ingestor)
+        stored = Path(row.stored_path)
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(inference, "quarantine_file", killed)
+        with pytest.raises(KeyboardInterrupt):
+            inference._reject(
+                ingestor.sessions,
+                outcome.image_id,
+                stored,
+                row.source_path,
+                RejectReason.DECODE_FAILED,
+                "bad pixels",
+                storage_root=None,
+            )
+        monkeypatch.undo()
+        assert stored.exists()  # rejected in SQL, still in processed/
+        assert ingestor.repair_quarantine() == 1
+        [row] = rows(ingestor)
+        assert (row.status, row.reject_reason) == ("rejected", "decode_failed")
+        assert Path(row.stored_path).parent == drop / "quarantine"
+        assert Path(row.stored_path).is_file()
+        assert not stored.exists()
+        sidecar = json.loads(Path(row.stored_path + ".reason.json").read_text())
+        assert (sidecar["reason"], sidecar["detail"]) == ("decode_failed", "bad pixels")
+
+    def test_a_sidecar_the_disk_refused_is_written_once_space_returns(self, drop, ingestor):
+        (drop / "junk.dcm").write_text("not dicom")
+        ingestor.scan_once()
+        [row] = rows(ingestor)
+        sidecar = Path(row.stored_path + ".reason.json")
+        sidecar.unlink()  # as quarantine_file leaves it on ENOSPC
+        assert ingestor.repair_quarantine() == 1
+        written = json.loads(sidecar.read_text())
+        assert (written["reason"], written["source"]) == ("not_dicom", "junk.dcm")
+        assert written["quarantined_at"] == Path(row.stored_path).name[:15]
+
+    def test_a_refused_sidecar_neither_stops_the_quarantine_nor_leaves_a_partial_file(
+        self, tmp_path
+    ):
+        from pulmoscreen.storage import write_sidecar
+
+        missing = tmp_path / "gone" / "20261202T000000_1_x.dcm"  # its folder cannot be written
+        assert write_sidecar(missing, reason="r", detail="d", source="x") is False
+        assert not missing.parent.exists()
+
+    def test_a_row_whose_file_is_gone_is_left_alone(self, drop, ingestor):
+        (drop / "junk.dcm").write_text("not dicom")
+        ingestor.scan_once()
+        [row] = rows(ingestor)
+        Path(row.stored_path).unlink()
+        with ingestor.sessions.begin() as session:
+            queries.set_stored_path(session, row.id, str(drop / "junk.dcm"))
+        assert ingestor.repair_quarantine() == 0
+        [again] = rows(ingestor)
+        assert again.stored_path == str(drop / "junk.dcm")

@@ -351,3 +351,77 @@ class TestFileNotInPlace:
             assert predict_images(settings, [image_id], worker="w") == []
         image = rows(sqlite_url)[image_id]
         assert (image.status, image.attempts) == ("queued", 0)
+
+
+class TestFileChangedSinceIngest:
+    """A file rewritten in place after ingest registered it (a sender correcting a header) is
+    never scored under the old header: the worker hands it back and ingest registers it anew."""
+
+    def rewrite(self, stored: Path, *, seed: int, patient: str) -> None:
+        fresh = make_cxr_dicom(stored.parent / "new", seed=seed, PatientID=patient)
+        stored.write_bytes(fresh.read_bytes())  # in place: same inode, new bytes
+        fresh.unlink()
+
+    def test_a_file_rewritten_before_the_worker_reads_it_is_registered_again(
+        self, tmp_path, sqlite_url, tiny_model_path
+    ):
+        drop = tmp_path / "inbox"
+        [image_id] = ingest(drop, sqlite_url, 1, seed=95)
+        stored = Path(rows(sqlite_url)[image_id].stored_path)
+        self.rewrite(stored, seed=95, patient="CORRECTED")  # same UIDs, another PatientID
+        settings = settings_for(sqlite_url, tiny_model_path)
+        assert predict_images(settings, [image_id], worker="w") == []
+        assert predictions_per_image(sqlite_url) == {}
+        assert image_id not in rows(sqlite_url)  # the old registration is gone
+        [back] = [p for p in drop.iterdir() if p.is_file()]
+        sessions = session_factory(sqlite_url)
+        [outcome] = Ingestor(
+            drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0
+        ).scan_once()
+        assert outcome.status == "queued"
+        predict_images(settings, [outcome.image_id], worker="w")
+        with sessions() as session:
+            image = session.get(Image, outcome.image_id)
+            assert (image.status, image.study.patient_id) == ("predicted", "CORRECTED")
+        assert predictions_per_image(sqlite_url) == {outcome.image_id: 1}
+        assert not back.exists()
+
+    def test_a_file_rewritten_while_it_is_decoded_is_not_scored(
+        self, tmp_path, sqlite_url, tiny_model_path, monkeypatch
+    ):
+        drop = tmp_path / "inbox"
+        [image_id] = ingest(drop, sqlite_url, 1, seed=96)
+        real = inference.read_dicom
+
+        def read_then_rewritten(path: Path):  # type: ignore[no-untyped-def]
+            image = real(path)
+            self.rewrite(Path(path), seed=96, patient="CORRECTED")
+            return image
+
+        monkeypatch.setattr(inference, "read_dicom", read_then_rewritten)
+        settings = settings_for(sqlite_url, tiny_model_path, decode_threads=1)
+        assert predict_images(settings, [image_id], worker="w") == []
+        assert predictions_per_image(sqlite_url) == {}
+        assert image_id not in rows(sqlite_url)
+        assert [p.name for p in drop.iterdir() if p.is_file()] == ["00.dcm"]
+
+    def test_ingest_registers_anew_a_file_handed_back_before_its_row_was_removed(
+        self, tmp_path, sqlite_url
+    ):
+        """The worker moves the file back, then removes the row: killed in between, ingest
+        finds a queued row whose file left processed/ and a file with other content."""
+        drop = tmp_path / "inbox"
+        [image_id] = ingest(drop, sqlite_url, 1, seed=97)
+        stored = Path(rows(sqlite_url)[image_id].stored_path)
+        self.rewrite(stored, seed=97, patient="CORRECTED")
+        stored.replace(drop / "00.dcm")
+        ingestor = Ingestor(
+            drop, sessions=session_factory(sqlite_url), enqueue=lambda ids: None, stable_seconds=0
+        )
+        assert ingestor.scan_once() == []  # the stale row is removed first
+        [outcome] = ingestor.scan_once()
+        assert outcome.status == "queued"
+        [image] = rows(sqlite_url).values()
+        assert image.id == outcome.image_id
+        with session_factory(sqlite_url)() as session:
+            assert session.get(Image, image.id).study.patient_id == "CORRECTED"
