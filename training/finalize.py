@@ -154,9 +154,11 @@ def finalize(config: TrainConfig) -> ModelCard:
         "created": created.isoformat(timespec="seconds"),
         "training": config.to_dict(),
         "lineage": _lineage(config),
-        # every source this model or a model it started from trained on (for the LOSO check)
+        # every source this model, or one it started from or was averaged with, trained on
+        # (for the LOSO check)
         "sources_seen": sorted(
             sources_seen_by(config.init)
+            | sources_seen_by(config.average_with)
             | ({Path(p).name for p in config.data} - set(config.hold_out))
         ),
         "precision": state.get("precision", "float32"),

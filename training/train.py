@@ -418,14 +418,15 @@ def sources_seen_by(init: str | Path | None) -> set[str]:
 
 
 def check_init_unseen(config: TrainConfig) -> None:
-    """Refuse a leave-one-source-out run that starts from a model which saw that source: its
-    held-out figures would not be held out."""
-    seen = set(config.hold_out) & sources_seen_by(config.init)
-    if seen:
-        raise ValueError(
-            f"--init {config.init} was trained on {sorted(seen)}, which --hold-out-source "
-            "leaves out: start from a model that never saw it"
-        )
+    """Refuse a leave-one-source-out run that starts from, or is averaged with, a model which
+    saw that source: its held-out figures would not be held out."""
+    for option, path in (("--init", config.init), ("--average-with", config.average_with)):
+        seen = set(config.hold_out) & sources_seen_by(path)
+        if seen:
+            raise ValueError(
+                f"{option} {path} was trained on {sorted(seen)}, which --hold-out-source "
+                "leaves out: use a model that never saw it"
+            )
 
 
 def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:

@@ -150,6 +150,14 @@ def test_a_held_out_source_the_starting_model_saw_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="was trained on"):
         check_init_unseen(config)
+    averaged = TrainConfig(
+        data=(tmp_path / "shenzhen_128",),
+        out=tmp_path / "run",
+        average_with=model,
+        hold_out=("shenzhen_128",),
+    )
+    with pytest.raises(ValueError, match=r"--average-with .* was trained on"):
+        check_init_unseen(averaged)
     check_init_unseen(TrainConfig(data=(tmp_path,), out=tmp_path / "r", init=str(model)))
     held_out_there = ModelCard(
         version="h",
