@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,24 @@ HINT = "run `make services` (scripts/ensure-services.sh) to start it"
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A new, empty PostgreSQL database upgraded to head; dropped afterwards."""
-    import psycopg
-
     from pulmoscreen.db import upgrade_database
+
+    with new_pg_database() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    """A new PostgreSQL database with no schema at all; dropped afterwards."""
+    with new_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def new_pg_database() -> Iterator[str]:
+    """A new PostgreSQL database, dropped (connections closed first) on leaving."""
+    import psycopg
 
     name = f"pulmo_test_{uuid.uuid4().hex[:12]}"
     try:
@@ -37,14 +53,15 @@ def pg_url() -> Iterator[str]:
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade_database(url)
-    yield url
-    from pulmoscreen.db.session import make_engine, normalise_url
+    try:
+        yield url
+    finally:
+        from pulmoscreen.db.session import make_engine, normalise_url
 
-    make_engine(normalise_url(url)).dispose()
-    make_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        make_engine(normalise_url(url)).dispose()
+        make_engine(url).dispose()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

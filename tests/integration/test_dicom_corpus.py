@@ -139,4 +139,5 @@ class TestRealFiles:
         url = f"sqlite:///{tmp_path / 'state' / 'pulmoscreen.db'}"
         output = screen_corpus(corpus, env, url, tmp_path)
         assert not [value for value in corpus.phi if value in output]
-        assert (SHARED_DICOM / "chest_cr" / "siim_acr_chest_jpeg_baseline.dcm").exists()
+        real_chest = outcomes(url)["chest_cr/siim_acr_chest_jpeg_baseline.dcm"]
+        assert real_chest == [PREDICTED]  # the real adult chest CR is screened, once

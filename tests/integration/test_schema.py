@@ -14,20 +14,22 @@ TABLES = {"studies", "images", "models", "predictions", "alembic_version"}
 
 
 class TestAlembicUpgradeHead:
-    def test_alembic_cli_builds_the_schema_on_postgresql(self, pg_url):
-        # pg_url is already at head: running the CLI again must be a no-op, not an error
-        env = {**os.environ, "PULMO_DATABASE_URL": pg_url}
-        done = subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        tables = set(inspect(create_engine(normalise_url(pg_url))).get_table_names())
-        assert tables >= TABLES
+    def test_alembic_cli_builds_the_schema_on_postgresql(self, empty_pg_url):
+        engine = create_engine(normalise_url(empty_pg_url))
+        assert set(inspect(engine).get_table_names()) == set()  # nothing built yet
+        env = {**os.environ, "PULMO_DATABASE_URL": empty_pg_url}
+        for _ in range(2):  # the second run at head must be a no-op, not an error
+            done = subprocess.run(
+                [sys.executable, "-m", "alembic", "upgrade", "head"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert set(inspect(engine).get_table_names()) >= TABLES
+        engine.dispose()
 
     def test_alembic_cli_on_sqlite(self, tmp_path):
         url = f"sqlite:///{tmp_path / 'fresh.db'}"

@@ -33,8 +33,14 @@ class TestChoice:
         with pytest.raises(ValueError, match="precision"):
             choose_precision("fp8", "openvino")
 
-    def test_auto_on_a_cpu_only_host_is_openvino(self):
+    def test_auto_is_openvino_on_a_cpu_only_host_and_keras_where_a_gpu_is_visible(
+        self, monkeypatch
+    ):
+        monkeypatch.setattr(backends, "gpu_visible", lambda: False)
         assert choose_backend("auto") == "openvino"
+        monkeypatch.setattr(backends, "gpu_visible", lambda: True)
+        assert choose_backend("auto") == "keras"
+        assert choose_precision("auto", "keras") == "bf16"
 
     def test_bf16_only_where_the_cpu_has_it(self):
         assert cpu_has_bf16("flags : fpu avx2 avx512f amx_bf16 amx_tile") is True
