@@ -190,8 +190,25 @@ def screen(
 ) -> None:
     """Screen every DICOM in FOLDER once, wait for all results and print them."""
     _setup_logging(verbose)
+    settings = get_settings()
+    if not local_worker:
+        _require_shared_broker(settings, "screen --no-local-worker")
     folder.mkdir(parents=True, exist_ok=True)
-    raise typer.Exit(run_screen(get_settings(), folder, local_worker=local_worker, timeout=timeout))
+    raise typer.Exit(run_screen(settings, folder, local_worker=local_worker, timeout=timeout))
+
+
+def _require_shared_broker(settings: Settings, command: str) -> None:
+    """Refuse the in-process ``memory://`` broker where the workers are other processes: the
+    tasks would die with this one, and nothing would ever be screened."""
+    if settings.broker_url.startswith("memory://"):
+        console.print(
+            f"{command} hands its tasks to workers in other processes, but PULMO_BROKER_URL is "
+            "memory:// (a queue inside this process). Set PULMO_BROKER_URL to the Redis the "
+            "workers use (redis://...), or run `pulmoscreen screen`, which runs its own worker.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 def write_preview(settings: Settings, file: Path, out: Path) -> int:
@@ -269,6 +286,7 @@ def ingest(
 
     _setup_logging(verbose)
     settings = get_settings()
+    _require_shared_broker(settings, "ingest")
     url = settings.resolved_database_url()
     upgrade_database(url)
     celery_app = make_celery(settings)
