@@ -692,7 +692,13 @@ def _print_check(check: Any) -> None:
     figures = check.figures
     console.print(
         f"content check {check.version}: distance threshold {check.ood_threshold:.1f}, "
-        f"p(rotated) threshold {check.rotation_threshold:.3f} ({figures['split']})",
+        f"p(rotated) threshold {check.rotation_threshold:.3f}"
+        + (
+            f", p(not a chest radiograph) threshold {check.other_threshold:.3f}"
+            if check.other_weights is not None
+            else ""
+        )
+        + f" ({figures['split']})",
         highlight=False,
     )
     for role in ("val", "test"):

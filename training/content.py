@@ -1,8 +1,10 @@
 """Fit and calibrate the content check (``pulmoscreen.model.content``) for a trained model.
 
-Chest images only, on the model's own split: the Gaussians and the orientation classifier are
-fitted on training-split images, the thresholds set on validation-split images at a fixed
-false-reject rate, and the figures measured on test-split images, per source. Sources the
+The Gaussians and the orientation classifier are fitted on training-split chest images of the
+model's own split, the "not a chest radiograph" classifier on those and on pydicom-data images of
+other modalities and body parts (:data:`NEGATIVE_TESTDATA`, never used to evaluate), the
+thresholds set on validation-split chest images at a fixed false-reject rate, and the figures
+measured on test-split images, per source. Sources the
 model was not trained on are split the same way (patient-disjoint, seed of the card). A few
 thousand forward passes in all: the images are sampled, evenly per source.
 """
@@ -45,6 +47,8 @@ class FitConfig:
     components: int = 128
     false_reject: float = 0.005
     seed: int = 0
+    negative_variants: int = 48
+    other_regularisation: float = 0.03
 
 
 def model_splits(card: ModelCard, roots: Sequence[Path]) -> tuple[dict[str, list[Sample]], str]:
@@ -162,15 +166,17 @@ def fit_rotation(
     *,
     mean: NDArray[np.floating[Any]],
     basis: NDArray[np.floating[Any]],
+    regularisation: float = 1.0,
 ) -> tuple[NDArray[np.float64], float]:
-    """Logistic regression on the basis' standardised coordinates: rotated (1) vs upright or
-    flipped chest (0); weights returned for the raw coordinates."""
+    """Logistic regression on the basis' standardised coordinates: rotated, or otherwise
+    refused (1), vs upright or flipped chest (0); weights returned for the raw coordinates.
+    ``regularisation`` is scikit-learn's ``C`` (smaller: stronger)."""
     from sklearn.linear_model import LogisticRegression
 
     coords = (np.concatenate([upright, rotated]) - mean) @ basis
     target = np.r_[np.zeros(len(upright)), np.ones(len(rotated))]
     scale = coords.std(axis=0) + 1e-9
-    clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
+    clf = LogisticRegression(C=regularisation, max_iter=5000, class_weight="balanced")
     clf.fit(coords / scale, target)
     return clf.coef_[0] / scale, float(clf.intercept_[0])
 
@@ -199,13 +205,24 @@ def build_check(
     feats: dict[str, NDArray[np.float32]],
     picked: dict[str, list[Sample]],
     config: FitConfig,
+    negatives: NDArray[np.float32] | None = None,
 ) -> ContentCheck:
-    """Fit on the training roles, set both thresholds on validation chest images."""
+    """Fit on the training roles (and ``negatives``, features of images that are no chest
+    radiograph, when given), set every threshold on validation chest images."""
     gauss = fit_gaussians(feats["train"], [s.label for s in picked["train"]], config.components)
     upright = np.concatenate([feats["train"], feats["train_flipped"]])
     weights, bias = fit_rotation(
         upright, feats["train_rotated"], mean=gauss["feature_mean"], basis=gauss["basis"]
     )
+    other_weights, other_bias = None, 0.0
+    if negatives is not None and len(negatives):
+        other_weights, other_bias = fit_rotation(
+            upright,
+            negatives,
+            mean=gauss["feature_mean"],
+            basis=gauss["basis"],
+            regularisation=config.other_regularisation,
+        )
     draft = ContentCheck(
         version="draft",
         feature_mean=gauss["feature_mean"],
@@ -217,19 +234,27 @@ def build_check(
         rotation_bias=bias,
         ood_threshold=1.0,
         rotation_threshold=1.0,
+        other_weights=other_weights,
+        other_bias=other_bias,
     )
     sources = [s.source for s in picked["val"]]
     ood_threshold = _threshold(draft.distances(feats["val"]), sources, config.false_reject)
     rotation_threshold = _threshold(draft.p_rotated(feats["val"]), sources, config.false_reject)
     # never below one half: the classifier's own decision boundary
     rotation_threshold = max(rotation_threshold, 0.5)
+    other_threshold = 1.0
+    p_other = draft.p_other(feats["val"])
+    if p_other is not None:
+        other_threshold = max(_threshold(p_other, sources, config.false_reject), 0.5)
     fitted = replace(
         draft,
         ood_threshold=ood_threshold,
         rotation_threshold=rotation_threshold,
+        other_threshold=other_threshold,
     )
     digest = hashlib.sha256(json.dumps(fitted.to_dict(), sort_keys=True).encode()).hexdigest()
-    return replace(fitted, version=f"content-maha-rot-{digest[:8]}")
+    kind = "maha-rot-other" if other_weights is not None else "maha-rot"
+    return replace(fitted, version=f"content-{kind}-{digest[:8]}")
 
 
 def calibration_figures(
@@ -279,7 +304,9 @@ def fit_content_check(
         for role in ("train_rotated", "test_rotated")
     }
     feats = _cached_features(runner, card, picked, turns, cache_dir)
-    check = build_check(feats, picked, config)
+    negative_inputs, negative_files = negative_examples(card.preprocess, config)
+    negatives = extract(runner, lambda i: negative_inputs[i], len(negative_inputs))[1]
+    check = build_check(feats, picked, config, negatives if len(negative_inputs) else None)
     figures = {
         "fitted": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_version": card.version,
@@ -287,6 +314,12 @@ def fit_content_check(
         "false_reject_target_per_part": config.false_reject,
         "images": {role: len(items) for role, items in picked.items()},
         "components": config.components,
+        "negatives": {
+            "files": negative_files,
+            "variants_each": config.negative_variants,
+            "images": len(negative_inputs),
+            "regularisation_C": config.other_regularisation,
+        },
         **calibration_figures(check, feats, picked),
     }
     return replace(check, figures=figures)
@@ -358,8 +391,65 @@ NON_CHEST_TESTDATA = (
     "MR_small.dcm",  # MR (64 px)
 )
 CHEST_TESTDATA = ("RG1_UNCR.dcm",)
+# pydicom-data images that are no chest radiograph, used to FIT the "not a chest radiograph"
+# part: other modalities, body parts, segmentations and screen captures. Disjoint from the
+# evaluation corpus above and from tests/unit/test_content_real.py's files, and from every
+# other encoding or crop of the same images (MR_small, CT_small, 693, MR2, RG2, RG3, US1, the
+# obstetric US, the Siemens MR and the NM whole body are evaluation only; pydicom's
+# examples_rgb_color, examples_palette and examples_overlay are crops of three of them).
+NEGATIVE_TESTDATA = (
+    "J2K_pixelrep_mismatch.dcm",  # CT head
+    "bad_sequence.dcm",  # CT neck
+    "eCT_Supplemental.dcm",  # CT
+    "explicit_VR-UN.dcm",  # CT pancreas
+    "emri_small.dcm",  # MR head (64 px)
+    "image_dfl.dcm",  # OT
+    "mlut_18.dcm",  # OT
+    "vlut_04.dcm",  # OT
+    "color-pl.dcm",  # US, colour
+    "liver_1frame.dcm",  # SEG (a binary mask)
+    "SC_jpeg_no_color_transform.dcm",  # secondary capture
+    "GDCMJ2K_TextGBR.dcm",  # a picture of text
+)
 # the demo's real chest radiographs (test-split images of the model's sources)
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "pulmoscreen" / "sample_data"
+
+
+def negative_examples(spec: Any, config: FitConfig) -> tuple[list[NDArray[np.float32]], list[str]]:
+    """Model inputs of :data:`NEGATIVE_TESTDATA`, ``config.negative_variants`` of each: a random
+    crop (60 to 100 % a side), quarter turn, mirror, gamma and, for half of them, a low-resolution
+    version (32 to 128 px a side), so that no single look stands for "not a chest". Empty when
+    pydicom-data is not installed. Also the names of the files used."""
+    import cv2
+
+    from pulmoscreen.imaging import read_dicom, to_model_input
+
+    rng = np.random.default_rng(config.seed + 1)
+    inputs: list[NDArray[np.float32]] = []
+    used: list[str] = []
+    for name in NEGATIVE_TESTDATA:
+        path = _testdata(name)
+        if path is None:
+            continue
+        pixels = np.asarray(read_dicom(path, validate=False).pixels, dtype=np.float32)
+        grey = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+        used.append(name)
+        for _ in range(config.negative_variants):
+            h, w = grey.shape
+            f = rng.uniform(0.6, 1.0)
+            ch, cw = max(8, int(h * f)), max(8, int(w * f))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            crop = np.rot90(grey[y : y + ch, x : x + cw], int(rng.integers(0, 4)))
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crop = np.clip(crop, 0.0, 1.0) ** rng.uniform(0.6, 1.6)
+            if rng.random() < 0.5:
+                side = int(rng.integers(32, 129))
+                scale = side / max(crop.shape)
+                size = (max(4, round(crop.shape[1] * scale)), max(4, round(crop.shape[0] * scale)))
+                crop = cv2.resize(np.ascontiguousarray(crop), size, interpolation=cv2.INTER_AREA)
+            inputs.append(to_model_input(np.ascontiguousarray(crop, dtype=np.float32), spec))
+    return inputs, used
 
 
 def corpus_pixels(shared_dicom: Path | None) -> dict[str, tuple[str, NDArray[Any]]]:

@@ -148,6 +148,16 @@ def _audit_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _negatives_text(figures: dict[str, Any]) -> str:
+    negatives = figures.get("negatives") or {}
+    files = negatives.get("files", [])
+    return (
+        f"{negatives.get('images', 'n/a')} crops, turns and low-resolution versions of "
+        f"{len(files)} pydicom-data images (CT, MR, US, screen captures, a segmentation), none "
+        "of them in the corpus below"
+    )
+
+
 def _content_section(card: ModelCard) -> list[str]:
     """The content check: version, thresholds, false rejects per source, the corpus verdicts."""
     check = card.content_check
@@ -160,11 +170,19 @@ def _content_section(card: ModelCard) -> list[str]:
         "",
         f"`{check.version}` refuses an image (`not_chest_content`) when it lies far from the "
         "chest classes in the model's own features (distance threshold "
-        f"{check.ood_threshold:.1f}) or looks turned by 90 degrees (p(rotated) threshold "
-        f"{check.rotation_threshold:.3f}); both come from the same forward pass as the "
-        f"probabilities. Fitted {f.get('fitted', 'n/a')} on {f.get('split', 'n/a')}, at a "
-        f"false-reject target of {_fmt(f.get('false_reject_target_per_part'))} per part; "
-        f"measured on {f.get('backend', 'n/a')}.",
+        f"{check.ood_threshold:.1f}), looks turned by 90 degrees (p(rotated) threshold "
+        f"{check.rotation_threshold:.3f})"
+        + (
+            ", or looks like the images of other modalities and body parts it was shown "
+            f"(p(not a chest radiograph) threshold {check.other_threshold:.3f}; "
+            f"{_negatives_text(f)})"
+            if check.other_weights is not None
+            else ""
+        )
+        + "; every part comes from the same forward pass as the probabilities. Fitted "
+        f"{f.get('fitted', 'n/a')} on {f.get('split', 'n/a')}, at a false-reject target of "
+        f"{_fmt(f.get('false_reject_target_per_part'))} per part; measured on "
+        f"{f.get('backend', 'n/a')}.",
         "",
         "| chest images refused | "
         + " | ".join(f"{s}" for s in f.get("test_chest_false_reject", {}).get("per_source", {}))

@@ -49,6 +49,7 @@ class ContentScores:
     distance: NDArray[np.float64]
     p_rotated: NDArray[np.float64]
     score: NDArray[np.float64]
+    p_other: NDArray[np.float64] | None = None
 
     @property
     def passed(self) -> NDArray[np.bool_]:
@@ -56,13 +57,19 @@ class ContentScores:
 
     def detail(self, i: int, check: ContentCheck) -> str:
         """Why image ``i`` was refused (or not), with the raw scores, for ``reject_detail``."""
-        return (
+        text = (
             f"content score {self.score[i]:.2f} (1.00 or more is refused; check "
             f"{check.version}): feature distance to chest radiographs "
             f"{self.distance[i]:.1f} (threshold {check.ood_threshold:.1f}), "
             f"p(rotated 90 degrees) {self.p_rotated[i]:.3f} "
             f"(threshold {check.rotation_threshold:.3f})"
         )
+        if self.p_other is not None:
+            text += (
+                f", p(not a chest radiograph) {self.p_other[i]:.3f} "
+                f"(threshold {check.other_threshold:.3f})"
+            )
+        return text
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,10 @@ class ContentCheck:
         rotation_bias: the logistic intercept.
         ood_threshold: the distance at or above which an image is refused.
         rotation_threshold: the p(rotated) at or above which an image is refused.
+        other_weights: ``(k,)`` logistic weights of "not a chest radiograph" (images of other
+            modalities and body parts against chest images); None in checks fitted without.
+        other_bias: its intercept.
+        other_threshold: the p(not a chest radiograph) at or above which an image is refused.
         figures: calibration and evaluation figures (documentation, not used to score).
     """
 
@@ -94,6 +105,9 @@ class ContentCheck:
     rotation_bias: float
     ood_threshold: float
     rotation_threshold: float
+    other_weights: NDArray[np.float32] | None = None
+    other_bias: float = 0.0
+    other_threshold: float = 1.0
     figures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,6 +148,18 @@ class ContentCheck:
         logits = np.clip(logits, -50.0, 50.0)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
 
+    def p_other(self, features: NDArray[np.floating[Any]]) -> NDArray[np.float64] | None:
+        """``(n,)`` probability that each image is no chest radiograph (None without that
+        part)."""
+        return self._p_other(self._coords(features)[1])
+
+    def _p_other(self, coords: NDArray[np.float32]) -> NDArray[np.float64] | None:
+        if self.other_weights is None:
+            return None
+        logits = coords.astype(np.float64) @ self.other_weights + self.other_bias
+        logits = np.clip(logits, -50.0, 50.0)
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+
     def score(self, features: NDArray[np.floating[Any]]) -> ContentScores:
         """Score ``(n, d)`` penultimate features of the screening model.
 
@@ -150,12 +176,23 @@ class ContentCheck:
         distance = self._distances(centred, coords)
         p_rot = self._p_rotated(coords)
         score = np.maximum(distance / self.ood_threshold, p_rot / self.rotation_threshold)
-        return ContentScores(distance=distance, p_rotated=p_rot, score=score)
+        p_other = self._p_other(coords)
+        if p_other is not None:
+            score = np.maximum(score, p_other / self.other_threshold)
+        return ContentScores(distance=distance, p_rotated=p_rot, score=score, p_other=p_other)
 
     def to_dict(self) -> dict[str, Any]:
+        other: dict[str, Any] = {}
+        if self.other_weights is not None:
+            other = {
+                "other_weights": encode_array(self.other_weights),
+                "other_bias": self.other_bias,
+                "other_threshold": self.other_threshold,
+            }
         return {
             "version": self.version,
-            "method": "mahalanobis-tied-pca+residual; rotation logistic (self-supervised)",
+            "method": "mahalanobis-tied-pca+residual; rotation logistic (self-supervised)"
+            + ("; not-chest logistic (other modalities and body parts)" if other else ""),
             "feature_mean": encode_array(self.feature_mean),
             "basis": encode_array(self.basis),
             "class_means": encode_array(self.class_means),
@@ -165,6 +202,7 @@ class ContentCheck:
             "rotation_bias": self.rotation_bias,
             "ood_threshold": self.ood_threshold,
             "rotation_threshold": self.rotation_threshold,
+            **other,
             "figures": self.figures,
         }
 
@@ -174,6 +212,7 @@ class ContentCheck:
             "version": self.version,
             "ood_threshold": self.ood_threshold,
             "rotation_threshold": self.rotation_threshold,
+            **({"other_threshold": self.other_threshold} if self.other_weights is not None else {}),
             "figures": self.figures,
         }
 
@@ -190,5 +229,10 @@ class ContentCheck:
             rotation_bias=float(data["rotation_bias"]),
             ood_threshold=float(data["ood_threshold"]),
             rotation_threshold=float(data["rotation_threshold"]),
+            other_weights=(
+                decode_array(data["other_weights"]) if "other_weights" in data else None
+            ),
+            other_bias=float(data.get("other_bias", 0.0)),
+            other_threshold=float(data.get("other_threshold", 1.0)),
             figures=dict(data.get("figures", {})),
         )
