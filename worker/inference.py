@@ -29,6 +29,7 @@ from pulmoscreen.model import (
     score_probabilities,
 )
 from pulmoscreen.storage import (
+    PROCESSED_DIR,
     move_file,
     quarantine_file,
     resolve_stored_path,
@@ -550,6 +551,6 @@ def _reject(  # type: ignore[no-untyped-def]
 def _drop_root(path: Path) -> Path:
     """The drop folder that holds ``.../processed/<study>/<file>`` (or the file's folder)."""
     for parent in path.parents:
-        if parent.name == "processed":
+        if parent.name == PROCESSED_DIR:
             return parent.parent
     return path.parent
