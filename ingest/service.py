@@ -39,6 +39,7 @@ from pulmoscreen.imaging.dicom import DicomMeta, read_header
 from pulmoscreen.storage import (
     QUARANTINE_DIR,
     SIDECAR_SUFFIX,
+    changed_since,
     check_own_dirs,
     files_without_sidecar,
     move_file,
@@ -85,16 +86,6 @@ def display_path(path: Path) -> str:
     stop ingest nor lose the file.
     """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _changed(path: Path, seen: os.stat_result, now: os.stat_result | None = None) -> bool:
-    """Whether ``path`` is no longer the file ``seen`` described (rewritten or replaced)."""
-    now = now or path.stat()
-    return (now.st_size, now.st_mtime_ns, now.st_ino) != (
-        seen.st_size,
-        seen.st_mtime_ns,
-        seen.st_ino,
-    )
 
 
 def check_file_type(path: Path) -> None:
@@ -383,7 +374,7 @@ class Ingestor:
             except Rejected as exc:
                 if exc.reason is RejectReason.TRUNCATED and self._may_still_grow(path, exc):
                     return None
-                if seen is not None and _changed(path, seen):
+                if seen is not None and changed_since(path, seen):
                     # written to while read: what was refused may not be what is there now
                     log.info("a file changed while it was read; it is taken at a later scan")
                     return None
@@ -416,7 +407,7 @@ class Ingestor:
     ) -> IngestOutcome | None:
         sha = sha256_file(path)
         now = path.stat()
-        if _changed(path, seen, now):
+        if changed_since(path, seen, now):
             # Rewritten while read (a sender correcting the file): the header read may not be
             # the content hashed and kept. The next scan takes it once it holds still.
             log.info("a file changed while it was read; it is taken at a later scan")

@@ -35,6 +35,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def changed_since(path: Path, seen: os.stat_result, now: os.stat_result | None = None) -> bool:
+    """Whether ``path`` is no longer the file ``seen`` described (rewritten or replaced): its
+    size, mtime or inode differ."""
+    now = now or path.stat()
+    return (now.st_size, now.st_mtime_ns, now.st_ino) != (
+        seen.st_size,
+        seen.st_mtime_ns,
+        seen.st_ino,
+    )
+
+
 def safe_name(text: str, *, limit: int = 120) -> str:
     """A file-name-safe version of ``text`` (no separators, no leading dots)."""
     cleaned = _UNSAFE.sub("_", text).lstrip(".")[:limit]

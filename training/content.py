@@ -160,7 +160,7 @@ def fit_gaussians(
     }
 
 
-def fit_rotation(
+def fit_refusal(
     upright: NDArray[np.floating[Any]],
     rotated: NDArray[np.floating[Any]],
     *,
@@ -211,12 +211,12 @@ def build_check(
     radiograph, when given), set every threshold on validation chest images."""
     gauss = fit_gaussians(feats["train"], [s.label for s in picked["train"]], config.components)
     upright = np.concatenate([feats["train"], feats["train_flipped"]])
-    weights, bias = fit_rotation(
+    weights, bias = fit_refusal(
         upright, feats["train_rotated"], mean=gauss["feature_mean"], basis=gauss["basis"]
     )
     other_weights, other_bias = None, 0.0
     if negatives is not None and len(negatives):
-        other_weights, other_bias = fit_rotation(
+        other_weights, other_bias = fit_refusal(
             upright,
             negatives,
             mean=gauss["feature_mean"],

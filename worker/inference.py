@@ -30,6 +30,7 @@ from pulmoscreen.model import (
 )
 from pulmoscreen.storage import (
     PROCESSED_DIR,
+    changed_since,
     move_file,
     quarantine_file,
     resolve_stored_path,
@@ -325,14 +326,9 @@ def _moved_on(item: _Todo, before: os.stat_result | None) -> bool:
     if before is None:
         return False
     try:
-        now = item.path.stat()
+        return changed_since(item.path, before)
     except OSError:
         return False  # gone or unreadable: the decode's own outcome stands
-    return (now.st_size, now.st_mtime_ns, now.st_ino) != (
-        before.st_size,
-        before.st_mtime_ns,
-        before.st_ino,
-    )
 
 
 def _send_back(factory, item: _Todo) -> bool:  # type: ignore[no-untyped-def]

@@ -72,6 +72,13 @@ class ContentScores:
         return text
 
 
+def _logistic(
+    coords: NDArray[np.float32], weights: NDArray[np.float32], bias: float
+) -> NDArray[np.float64]:
+    logits = np.clip(coords.astype(np.float64) @ weights + bias, -50.0, 50.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class ContentCheck:
     """Parameters of the content check, saved in the model card (``content_check``).
@@ -144,9 +151,7 @@ class ContentCheck:
         return self._p_rotated(self._coords(features)[1])
 
     def _p_rotated(self, coords: NDArray[np.float32]) -> NDArray[np.float64]:
-        logits = coords.astype(np.float64) @ self.rotation_weights + self.rotation_bias
-        logits = np.clip(logits, -50.0, 50.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+        return _logistic(coords, self.rotation_weights, self.rotation_bias)
 
     def p_other(self, features: NDArray[np.floating[Any]]) -> NDArray[np.float64] | None:
         """``(n,)`` probability that each image is no chest radiograph (None without that
@@ -156,9 +161,7 @@ class ContentCheck:
     def _p_other(self, coords: NDArray[np.float32]) -> NDArray[np.float64] | None:
         if self.other_weights is None:
             return None
-        logits = coords.astype(np.float64) @ self.other_weights + self.other_bias
-        logits = np.clip(logits, -50.0, 50.0)
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+        return _logistic(coords, self.other_weights, self.other_bias)
 
     def score(self, features: NDArray[np.floating[Any]]) -> ContentScores:
         """Score ``(n, d)`` penultimate features of the screening model.
