@@ -463,6 +463,9 @@ def train(
     train_from: Annotated[
         str, typer.Option(help="Freeze backbone layers before the first named so (e.g. conv4).")
     ] = "",
+    swa_from: Annotated[
+        int, typer.Option(help="Ship the weights averaged from this epoch on (0: the best).")
+    ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     patience: Annotated[int, typer.Option(help="Early-stopping patience, epochs.")] = 3,
     rotation: Annotated[float, typer.Option(help="Max rotation, degrees (0: off).")] = 10.0,
@@ -513,6 +516,7 @@ def train(
         max_per_group=max_per_group,
         train_from=train_from,
         adversarial=adversarial,
+        swa_from=swa_from,
         loso_runs=tuple(loso_run or ()),
     )
     from training.finalize import finalize, loso_figures

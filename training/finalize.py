@@ -30,7 +30,9 @@ from training.metrics import (
 from training.model_card import INTENDED_USE, LIMITATIONS, render_model_card
 from training.train import (
     HELD_OUT,
+    SWA_FILE,
     TrainConfig,
+    WeightAverage,
     load_splits,
     load_trained,
     make_splits,
@@ -131,6 +133,10 @@ def finalize(config: TrainConfig) -> ModelCard:
     arrays = split_arrays(config, splits)
     spec = config.spec
     best = keras.models.load_model(config.out / "best.keras", compile=False)
+    if config.swa_from > 0:
+        average = WeightAverage(config.out / SWA_FILE)
+        best.set_weights(average.weights(best.get_weights()))
+        log.info("shipping the average of %d weight snapshots", average.count)
     if config.average_with is not None:
         # A "model soup": the uniform average of the fine-tuned weights and those it started
         # from (same architecture, same initial run), often better than either on new data.

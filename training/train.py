@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SERVING_NAME = "screening_model"
 HELD_OUT = "held_out"
+SWA_FILE = "swa.npz"
+SWA_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class TrainConfig:
     loso_runs: tuple[Path, ...] = ()
     # Weight of the source-adversary loss (training/adversary.py); 0: no adversary.
     adversarial: float = 0.0
+    # From this epoch on (1-based), average the serving weights along the trajectory, every
+    # SWA_STRIDE batches and at each epoch's end, and ship the average (0: off; the best
+    # checkpoint ships). Dense weight averaging seeks flat minima, which transfer better to
+    # unseen domains (SWAD, Cha et al. 2021).
+    swa_from: int = 0
 
     @property
     def pretrained(self) -> bool:
@@ -104,6 +111,7 @@ class TrainConfig:
             "max_per_group": self.max_per_group,
             "train_from": self.train_from,
             "adversarial": self.adversarial,
+            "swa_from": self.swa_from,
         }
 
     @property
@@ -329,6 +337,67 @@ class _Checkpoint:
         return Checkpoint()
 
 
+class WeightAverage:
+    """The running mean of a list of weight arrays, saved and loaded whole (``swa.npz``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mean: list[NDArray[np.float64]] | None = None
+        self.count = 0
+        if path.exists():
+            with np.load(path) as stored:
+                self.count = int(stored["count"])
+                self.mean = [stored[f"w{i}"] for i in range(len(stored.files) - 1)]
+
+    def add(self, weights: Sequence[Any]) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = [np.array(w, dtype=np.float64) for w in weights]
+            return
+        for m, w in zip(self.mean, weights, strict=True):
+            m += (np.asarray(w, dtype=np.float64) - m) / self.count
+
+    def save(self) -> None:
+        if self.mean is None:
+            return
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, count=self.count, **{f"w{i}": m for i, m in enumerate(self.mean)})
+        tmp.replace(self.path)
+
+    def weights(self, like: Sequence[Any]) -> list[NDArray[Any]]:
+        """The mean in the dtypes of ``like`` (the model's own weights)."""
+        if self.mean is None:
+            raise ValueError(f"{self.path}: no weights were averaged")
+        return [m.astype(np.asarray(w).dtype) for m, w in zip(self.mean, like, strict=True)]
+
+
+class _Averaging:
+    """Adds the serving weights to the run's average every ``SWA_STRIDE`` batches and at the end
+    of each epoch from ``first_epoch`` (1-based) on; saves it before the epoch's checkpoint."""
+
+    def __new__(cls, out: Path, serving: Any, first_epoch: int):  # type: ignore[no-untyped-def]
+        import keras
+
+        average = WeightAverage(out / SWA_FILE)
+
+        class Averaging(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+            epoch = 0
+
+            def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                self.epoch = epoch + 1
+
+            def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+                if self.epoch >= first_epoch and (batch + 1) % SWA_STRIDE == 0:
+                    average.add(serving.get_weights())
+
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                if epoch + 1 >= first_epoch:
+                    average.add(serving.get_weights())
+                    average.save()
+
+        return Averaging()
+
+
 def _compile(model: Any, learning_rate: float, steps: int, *, adversarial: bool) -> None:
     import keras
 
@@ -499,6 +568,7 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
         if not state or state["phase"] != phase:
             _compile(model, lr, len(train_ds) * (until - done), adversarial=adversary)
         callbacks = [
+            *([_Averaging(config.out, serving, config.swa_from)] if config.swa_from > 0 else []),
             _Checkpoint(config.out, serving, phase, history),
             keras.callbacks.EarlyStopping(
                 monitor="val_loss",

@@ -99,6 +99,39 @@ class TestContinueAndAverage:
                 np.testing.assert_allclose(s[f"w{i:04d}"], mean, rtol=2e-3, atol=1e-3)
 
 
+class TestWeightAveraging:
+    def test_the_shipped_weights_are_the_trajectory_average(self, tmp_path):
+        import math
+
+        from training.train import SWA_FILE, SWA_STRIDE, WeightAverage
+
+        data = tmp_path / "site"
+        make_dataset(data)
+        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+        run = tmp_path / "run"
+        extra = ("--epochs", "3", "--batch-size", "4", "--patience", "9", "--swa-from", "2")
+        done = train_tiny(data, run, env, *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())
+        assert card["details"]["training"]["swa_from"] == 2
+        # epochs 2 and 3: a snapshot every SWA_STRIDE batches, and one at each epoch's end
+        n_train = len(json.loads((run / "splits.json").read_text())["train"])
+        per_epoch = math.ceil(n_train / 4) // SWA_STRIDE + 1
+        average = WeightAverage(run / SWA_FILE)
+        assert average.count == 2 * per_epoch
+        assert average.mean is not None
+        with np.load(run / "pulmoscreen_resnet50.npz") as shipped:
+            for i, mean in enumerate(average.mean):
+                np.testing.assert_allclose(shipped[f"w{i:04d}"], mean, rtol=2e-3, atol=1e-3)
+        # the average is not simply the last checkpoint
+        import keras
+
+        last = keras.models.load_model(run / "best.keras", compile=False).get_weights()
+        assert any(
+            not np.allclose(w, m, atol=1e-6) for w, m in zip(last, average.mean, strict=True)
+        )
+
+
 class TestRethreshold:
     def test_new_thresholds_on_the_same_validation_split(self, tmp_path):
         data = tmp_path / "site"

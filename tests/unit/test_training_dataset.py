@@ -168,3 +168,25 @@ def test_a_held_out_source_the_starting_model_saw_is_refused(tmp_path):
     held_out_there.save(card_path_for(model))
     assert sources_seen_by(model) == set()
     check_init_unseen(config)  # that model never saw it: allowed
+
+
+def test_weight_average_is_the_running_mean_and_resumes_from_its_file(tmp_path):
+    from training.train import WeightAverage
+
+    rng = np.random.default_rng(0)
+    snapshots = [[rng.normal(size=(3, 2)), rng.normal(size=4)] for _ in range(5)]
+    first = WeightAverage(tmp_path / "swa.npz")
+    for weights in snapshots[:3]:
+        first.add(weights)
+    first.save()
+    resumed = WeightAverage(tmp_path / "swa.npz")
+    assert resumed.count == 3
+    for weights in snapshots[3:]:
+        resumed.add(weights)
+    like = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)]
+    got = resumed.weights(like)
+    assert [g.dtype for g in got] == [np.float32, np.float32]
+    for i in range(2):
+        np.testing.assert_allclose(got[i], np.mean([s[i] for s in snapshots], axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="no weights"):
+        WeightAverage(tmp_path / "none.npz").weights(like)
