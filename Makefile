@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report clean
+.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-content: install
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed
+
+# docs/configuration.md is written from Settings (pulmoscreen/config.py); a unit test checks it.
+docs: install
+	$(BIN)/python -m pulmoscreen.config_doc docs/configuration.md
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

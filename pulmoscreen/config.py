@@ -71,25 +71,50 @@ class Settings(BaseSettings):
         env_prefix="PULMO_", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
 
-    data_dir: Path = Field(Path("var"), description="Where embedded state lives (SQLite file).")
+    data_dir: Path = Field(
+        Path("var"),
+        description="Folder of local state: the SQLite database when database_url is empty, "
+        "the OpenVINO cache when openvino_cache is empty, Celery beat's celerybeat-schedule "
+        "file, and the feature cache of `pulmoscreen content-check fit`.",
+    )
     database_url: str = Field(
-        "", description="SQLAlchemy URL; empty means a SQLite file in data_dir."
+        "",
+        description="SQLAlchemy URL of the results database, e.g. "
+        "postgresql://user:password@host/db (psycopg 3); empty: the SQLite file "
+        "data_dir/pulmoscreen.db. A placeholder password is refused, and so is an empty one or "
+        "one under 16 characters for a server on another host.",
     )
     broker_url: str = Field(
-        "memory://", description="Celery broker; memory:// runs an in-process queue."
+        "memory://",
+        description="Celery broker URL, e.g. redis://:password@host:6379/0 (same password "
+        "rules as database_url). memory:// is an in-process queue: only `pulmoscreen screen` "
+        "and `demo`, which run a worker in their own process, can use it.",
     )
-    drop_folder: Path = Field(Path("var/inbox"), description="Folder that ingest watches.")
+    drop_folder: Path = Field(
+        Path("var/inbox"), description="Folder `pulmoscreen ingest` reads when none is given."
+    )
     batch_size: int = Field(
-        32, ge=1, le=512, description="Queued images one worker task takes at a time."
+        32,
+        ge=1,
+        le=512,
+        description="Queued images one worker task takes at a time; a worker also holds this "
+        "many unacknowledged messages so that its batches fill.",
     )
     infer_batch: int = Field(
-        16, ge=1, le=512, description="Images per model call; the next ones decode meanwhile."
+        16,
+        ge=1,
+        le=512,
+        description="Images per model call; the task's next images decode meanwhile.",
     )
     flush_interval: float = Field(
-        1.0, gt=0, description="Seconds a partial batch waits before it runs anyway."
+        1.0,
+        gt=0,
+        description="Seconds a partial batch waits for more images before it runs anyway.",
     )
     stable_seconds: float = Field(
-        2.0, ge=0, description="A file is read only once its size and mtime held this long."
+        2.0,
+        ge=0,
+        description="Seconds a file's size and mtime must hold still before ingest reads it.",
     )
     truncated_grace_seconds: float = Field(
         180.0,
@@ -99,38 +124,62 @@ class Settings(BaseSettings):
         "sender may only have paused (NFS, SMB, a slow modality). It is quarantined as truncated "
         "once it held still this long; 0: at once. `pulmoscreen screen` does not wait.",
     )
-    poll_interval: float = Field(1.0, gt=0, description="Seconds between drop-folder scans.")
+    poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between drop-folder scans of `pulmoscreen ingest --watch`."
+    )
     storage_root: Path | None = Field(
         None,
-        description="Shared storage that holds the drop folder; image paths are stored "
-        "relative to it so workers on other hosts can mount it anywhere.",
+        description="Shared storage that holds the drop folder: images.stored_path is stored "
+        "relative to it, so workers on other hosts may mount it anywhere; unset: absolute paths, "
+        "and every host needs the same mount point.",
     )
     model_path: Path | None = Field(
-        None, description="Trained .keras model with its .card.json; empty: the shipped model."
+        None,
+        description="The trained model to serve (.keras, or the compact .npz that `pulmoscreen "
+        "train` writes), its card NAME.card.json beside it; unset: the shipped model when "
+        "present, else an untrained ResNet50 whose results say so and flag nothing.",
     )
     imagenet_weights: Path | None = Field(
-        None, description="Local ResNet50 ImageNet (no-top) weights file for air-gapped sites."
+        None,
+        description="Local ResNet50 ImageNet no-top weights file (resnet50_weights_tf_dim_"
+        "ordering_tf_kernels_notop.h5) for training on sites without internet; unset: Keras's "
+        "download cache.",
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description='Flag thresholds overriding the model card, e.g. {"tuberculosis": 0.4}.',
+        description="JSON flag thresholds that override the model card's, e.g. "
+        '{"tuberculosis": 0.4}: an image is flagged when a disease\'s probability '
+        "reaches its threshold.",
     )
     inference_backend: Literal["auto", "keras", "openvino"] = Field(
         "auto",
-        description="auto: OpenVINO on CPU-only hosts that have it, Keras where a GPU is visible.",
+        description="Runtime of every model call. auto: OpenVINO on CPU-only hosts where it "
+        "is installed, Keras where a GPU is visible.",
     )
     inference_precision: Literal["auto", "f32", "bf16"] = Field(
-        "auto", description="auto: bf16 where the hardware computes it (GPU, AMX, AVX-512 BF16)."
+        "auto",
+        description="Precision of model calls. auto: bf16 where the hardware computes it "
+        "natively (GPU, AMX, AVX-512 BF16), else f32.",
     )
     openvino_cache: Path | None = Field(
-        None, description="Cache of converted OpenVINO models; empty: data_dir/openvino."
+        None,
+        description="Converted OpenVINO models, one folder per model sha256; unset: "
+        "data_dir/openvino.",
     )
     decode_threads: int = Field(
-        0, ge=0, description="Threads decoding images beside inference; 0: one per CPU."
+        0,
+        ge=0,
+        description="Threads decoding and preprocessing images beside inference; 0: one per CPU.",
     )
-    task_time_limit: int = Field(600, description="Hard time limit of one inference batch (s).")
+    task_time_limit: int = Field(
+        600,
+        description="Hard time limit of one inference batch, seconds; its soft limit is 30 s "
+        "earlier.",
+    )
     visibility_timeout: int = Field(
-        900, description="Seconds before Redis redelivers a message a dead worker held."
+        900,
+        description="Seconds before Redis hands a message that a dead worker held to another "
+        "worker.",
     )
     resend_after: int = Field(
         300,
@@ -145,13 +194,22 @@ class Settings(BaseSettings):
         "temporary read or decode error) before it is quarantined: with the last error, or as "
         "worker_crash. Images tried before are tried one at a time.",
     )
-    max_retries: int = Field(5, description="Retries of a transient (broker/database) failure.")
+    max_retries: int = Field(
+        5,
+        description="Re-sends of a batch's images, with a jittered backoff, after a failure of "
+        "the worker itself (database, model file, memory, disk) or a temporary read error; then "
+        "they stay queued for ingest's sweep. The nightly report task retries at least 10 times.",
+    )
 
     site_timezone: str = Field(
-        "UTC", description="IANA time zone of the site; a report's day is a local calendar day."
+        "UTC",
+        description="IANA time zone of the site, e.g. Africa/Nairobi: a report's day, and the "
+        "views' received_date, is a local calendar day.",
     )
     report_dir: Path = Field(
-        Path("var/reports"), description="Nightly reports go to report_dir/YYYY-MM-DD/."
+        Path("var/reports"),
+        description="Reports go to report_dir/YYYY-MM-DD/ (`pulmoscreen report` and the "
+        "nightly job).",
     )
     report_time: str = Field(
         "02:00", description="Local time (HH:MM) at which the nightly report job runs."
