@@ -36,6 +36,7 @@ from pulmoscreen.db import queries
 from pulmoscreen.db.schema import Image, utcnow
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.dicom import DicomMeta, read_header
+from pulmoscreen.quarantine import quarantine_rejected, record_stored_path
 from pulmoscreen.storage import (
     QUARANTINE_DIR,
     SIDECAR_SUFFIX,
@@ -44,7 +45,6 @@ from pulmoscreen.storage import (
     files_without_sidecar,
     move_file,
     processed_destination,
-    quarantine_file,
     quarantined_image_id,
     resolve_stored_path,
     sha256_file,
@@ -265,9 +265,10 @@ class Ingestor:
             }
         fixed = 0
         for row in pending:
-            landed = moved.get(row.id) or self._finish_quarantine(row)
-            if landed is not None:
-                self._update_stored_path(row.id, landed)
+            if row.id in moved:
+                self._update_stored_path(row.id, moved[row.id])
+                fixed += 1
+            elif self._finish_quarantine(row):
                 fixed += 1
         written, missing = self._write_missing_sidecars()
         fixed += written
@@ -277,28 +278,36 @@ class Ingestor:
             log.warning("put %d quarantined files right after an interruption", fixed)
         return fixed
 
-    def _finish_quarantine(self, row: _Unsettled) -> Path | None:
+    def _finish_quarantine(self, row: _Unsettled) -> bool:
         """Move a rejected file still where its row says (same content) into quarantine."""
         path = resolve_stored_path(row.stored_path, self.storage_root)
         if not path.absolute().is_relative_to(self.root):
-            return None  # another drop folder's row
+            return False  # another drop folder's row
         if row.sha256 is None and os.path.lexists(path):
-            return None  # not a regular file: the scan quarantines it under this same row
+            return False  # not a regular file: the scan quarantines it under this same row
         if not path.is_file() or row.sha256 is None or sha256_file(path) != row.sha256:
             log.warning("image %d: its rejected file is neither in place nor quarantined", row.id)
-            return None
+            return False
         try:
-            return quarantine_file(
-                path,
-                self.root,
-                reason=row.reason,
-                detail=row.detail,
-                source=row.source_path,
-                image_id=row.id,
-            )
+            self._to_quarantine(row.id, path, row.source_path, row.reason, row.detail)
         except OSError as exc:  # moved by a worker meanwhile, or a full disk: next sweep
             log.warning("image %d: quarantine repair deferred (%s)", row.id, exc.strerror)
-            return None
+            return False
+        return True
+
+    def _to_quarantine(
+        self, image_id: int, path: Path, source: str, reason: str, detail: str
+    ) -> Path:
+        return quarantine_rejected(
+            self.sessions,
+            image_id,
+            path,
+            root=self.root,
+            reason=reason,
+            detail=detail,
+            source=source,
+            storage_root=self.storage_root,
+        )
 
     def _write_missing_sidecars(self) -> tuple[int, int]:
         """Write the sidecar of every quarantined file that has none, from its row: (written,
@@ -536,10 +545,7 @@ class Ingestor:
                 detail=detail,
                 meta=meta,
             )
-        dest = quarantine_file(
-            path, self.root, reason=reason.value, detail=detail, source=source, image_id=image_id
-        )
-        self._update_stored_path(image_id, dest)
+        dest = self._to_quarantine(image_id, path, source, reason.value, detail)
         if not sidecar_for(dest).exists():  # a full disk: written by the next repair sweep
             self._next_repair = min(self._next_repair, time.monotonic() + 5.0)
         log.warning("image %d quarantined: %s", image_id, reason.value)
@@ -560,8 +566,7 @@ class Ingestor:
             )
 
     def _update_stored_path(self, image_id: int, landed: Path) -> None:
-        with self.sessions.begin() as session:
-            queries.set_stored_path(session, image_id, to_stored_path(landed, self.storage_root))
+        record_stored_path(self.sessions, image_id, landed, storage_root=self.storage_root)
 
     def watch(self, stop: threading.Event, *, poll_interval: float) -> None:
         """Ingest until ``stop`` is set: filesystem events wake the loop early, polling backs it."""

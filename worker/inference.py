@@ -28,11 +28,11 @@ from pulmoscreen.model import (
     predict_with_features,
     score_probabilities,
 )
+from pulmoscreen.quarantine import quarantine_rejected
 from pulmoscreen.storage import (
     PROCESSED_DIR,
     changed_since,
     move_file,
-    quarantine_file,
     resolve_stored_path,
     safe_name,
     sha256_file,
@@ -528,20 +528,19 @@ def _reject(  # type: ignore[no-untyped-def]
     if stored is None:
         return
     try:
-        dest = quarantine_file(
+        quarantine_rejected(
+            factory,
+            image_id,
             path,
-            _drop_root(path),
+            root=_drop_root(path),
             reason=reason.value,
             detail=detail,
             source=source,
-            image_id=image_id,
+            storage_root=storage_root,
         )
     except OSError as exc:
         # The row is rejected and names where the file still lies; the batch goes on.
         log.error("image %d stays in place: quarantine failed (%s)", image_id, exc.strerror)
-        return
-    with factory.begin() as session:
-        queries.set_stored_path(session, image_id, to_stored_path(dest, storage_root))
 
 
 def _drop_root(path: Path) -> Path:

@@ -7,7 +7,7 @@ The product has no test hooks; this wrapper wraps three of ingest's own calls in
 can catch, at one of:
 
 - ``commit``: an image's row is committed, its file not moved (before ``move_file`` in
-  ``Ingestor._accept``, before ``quarantine_file`` in ``Ingestor._quarantine``);
+  ``Ingestor._accept``, before ``quarantine_file`` on behalf of ``Ingestor._quarantine``);
 - ``move``: the file is moved, its task not sent (after ``move_file`` / ``quarantine_file``);
 - ``send``: the task is sent (after ``enqueue_images`` called from ``Ingestor._accept``).
 
@@ -30,11 +30,11 @@ POINTS = ("commit", "move", "send")
 TARGETS: dict[str, list[tuple[str, str, str, str]]] = {
     "commit": [
         ("ingest.service", "move_file", "_accept", "before"),
-        ("ingest.service", "quarantine_file", "_quarantine", "before"),
+        ("pulmoscreen.quarantine", "quarantine_file", "_quarantine", "before"),
     ],
     "move": [
         ("ingest.service", "move_file", "_accept", "after"),
-        ("ingest.service", "quarantine_file", "_quarantine", "after"),
+        ("pulmoscreen.quarantine", "quarantine_file", "_quarantine", "after"),
     ],
     "send": [("pulmoscreen.queue", "enqueue_images", "_accept", "after")],
 }

@@ -130,12 +130,12 @@ class TestScan:
         self, drop, ingestor, monkeypatch
     ):
         (drop / "junk.dcm").write_text("not dicom")
-        import ingest.service as service
+        import pulmoscreen.quarantine as quarantine
 
         def crash(*args, **kwargs):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(service, "quarantine_file", crash)
+        monkeypatch.setattr(quarantine, "quarantine_file", crash)
         with pytest.raises(KeyboardInterrupt):
             ingestor.scan_once()
         monkeypatch.undo()
@@ -516,12 +516,12 @@ class TestQuarantineRepair:
         self, drop, ingestor, monkeypatch
     ):
         (drop / "junk.dcm").write_text("not dicom")
-        import ingest.service as service
+        import pulmoscreen.quarantine as quarantine
 
         def crash(*args, **kwargs):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(service.Ingestor, "_update_stored_path", crash)
+        monkeypatch.setattr(quarantine, "record_stored_path", crash)
         with pytest.raises(KeyboardInterrupt):
             ingestor.scan_once()
         monkeypatch.undo()
@@ -538,6 +538,7 @@ class TestQuarantineRepair:
     def test_a_worker_killed_between_its_rejection_and_the_move_is_finished_by_ingest(
         self, drop, ingestor, monkeypatch
     ):
+        import pulmoscreen.quarantine as quarantine
         from pulmoscreen.domain import RejectReason
         from worker import inference
 
@@ -549,7 +550,7 @@ class TestQuarantineRepair:
         def killed(*args, **kwargs):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(inference, "quarantine_file", killed)
+        monkeypatch.setattr(quarantine, "quarantine_file", killed)
         with pytest.raises(KeyboardInterrupt):
             inference._reject(
                 ingestor.sessions,
