@@ -626,10 +626,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 content_check_app = typer.Typer(
     add_completion=False, help="The check that refuses what is not a frontal chest radiograph."
 )
