@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import re
+from collections.abc import Iterable, Mapping
 from datetime import time
 from functools import cache
 from pathlib import Path
@@ -12,7 +15,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.npz"
@@ -23,6 +34,64 @@ MIN_REMOTE_PASSWORD = 16
 PLACEHOLDER_PASSWORDS = frozenset(
     {"password", "secret", "postgres", "redis", "pulmo", "pulmoscreen", "admin", "example"}
 )
+ENV_PREFIX = "PULMO_"
+# The test suites' own variables (scripts/ensure-*.sh, tests/integration, tests/faults): no
+# setting, and no mistake either.
+TEST_PREFIXES = ("PULMO_TEST_", "PULMO_FAULT_")
+# docker compose's own variables, once PULMO_<name>, now DEPLOY_<name>: an older .env has them.
+RENAMED_FOR_COMPOSE = frozenset(
+    {
+        "DROP_DIR",
+        "IMAGE",
+        "GPU_IMAGE",
+        "GPU_BATCH_SIZE",
+        "GPU_INFER_BATCH",
+        "CPU_BATCH_SIZE",
+        "CPU_INFER_BATCH",
+    }
+)
+
+
+def unknown_setting_messages(
+    names: Iterable[str], fields: Iterable[str], *, where: str
+) -> list[str]:
+    """One message per ``PULMO_*`` name that is no setting, naming the closest setting.
+
+    Args:
+        names: variable names as found (any case), e.g. the environment's.
+        fields: the settings' field names (``drop_folder``).
+        where: where the names were found, for the message (``the environment``, ``.env``).
+    """
+    known = sorted(field.upper() for field in fields)
+    messages = []
+    for name in sorted({name.upper() for name in names}):
+        if not name.startswith(ENV_PREFIX) or name.startswith(TEST_PREFIXES):
+            continue
+        field = name.removeprefix(ENV_PREFIX)
+        if field in known:
+            continue
+        if field in RENAMED_FOR_COMPOSE:
+            messages.append(
+                f"{name} in {where} is not a setting; docker compose reads DEPLOY_{field} "
+                "instead: rename it"
+            )
+            continue
+        close = difflib.get_close_matches(field, known, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else " and is ignored"
+        messages.append(f"{name} in {where} is not a setting{hint}")
+    return messages
+
+
+def _source_names(source: PydanticBaseSettingsSource) -> tuple[Mapping[str, str | None], str]:
+    """The variables an environment or .env source read, and where they came from."""
+    if not isinstance(source, EnvSettingsSource):
+        return {}, ""
+    if not isinstance(source, DotEnvSettingsSource):
+        return source.env_vars, "the environment"
+    files = source.env_file
+    if isinstance(files, str | Path):
+        return source.env_vars, str(files)
+    return source.env_vars, ", ".join(str(file) for file in files or ())
 
 
 def _is_local_host(host: str) -> bool:
@@ -64,11 +133,16 @@ def refuse_weak_password(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Every tunable of PulmoScreen; the defaults run with no external server."""
+    """Every tunable of PulmoScreen; the defaults run with no external server.
+
+    Read from ``PULMO_*`` environment variables, then from ``.env``. Other names are ignored;
+    a ``PULMO_*`` name that is no setting (a typing mistake does nothing) is logged as a warning
+    naming the closest setting.
+    """
 
     # URLs carry passwords: a refused value is named in the error, never printed.
     model_config = SettingsConfigDict(
-        env_prefix="PULMO_", env_file=".env", extra="ignore", hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
     )
 
     data_dir: Path = Field(
@@ -219,6 +293,23 @@ class Settings(BaseSettings):
         description="Link to an image in reports, e.g. a PACS viewer URL with {study_uid}, "
         "{sop_uid} or {stored_path}; empty: a file:// link to the stored DICOM.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The default sources in their default order, after a warning for each ``PULMO_*``
+        name in the environment or the .env file in force that is no setting."""
+        for source in (env_settings, dotenv_settings):
+            names, where = _source_names(source)
+            for message in unknown_setting_messages(names, settings_cls.model_fields, where=where):
+                log.warning("%s", message)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator("database_url", "broker_url")
     @classmethod

@@ -27,7 +27,10 @@ HEADER = f"""\
 
 Every setting is an environment variable with the prefix `PULMO_`, or a line `NAME=value` in a
 `.env` file in the working folder; the environment wins over `.env`. Names are not
-case-sensitive; other names are ignored.
+case-sensitive. Other names are ignored, but a `PULMO_` name that is no setting is logged as a
+warning with the closest setting's name, so a typing mistake does not pass silently
+(`PULMO_TEST_*` and `PULMO_FAULT_*` belong to the test suites and are not checked). docker
+compose's own variables start with `DEPLOY_` ([deploy.md](deploy.md)).
 
 """
 

@@ -1,9 +1,19 @@
-"""Settings refuse database and broker URLs whose password is unfit to deploy with."""
+"""Settings refuse database and broker URLs whose password is unfit to deploy with, and name
+the closest setting for a ``PULMO_*`` variable that is none."""
+
+import logging
+import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from pulmoscreen.config import MIN_REMOTE_PASSWORD, Settings, refuse_weak_password
+from pulmoscreen.config import (
+    MIN_REMOTE_PASSWORD,
+    Settings,
+    refuse_weak_password,
+    unknown_setting_messages,
+)
 
 STRONG = "9b1e4f7a2c8d5e3b6a0f1c4d7e2a9b5c"
 
@@ -86,3 +96,73 @@ class TestSettingsPasswords:
         with pytest.raises(ValidationError, match="placeholder") as refused:
             Settings(database_url="postgresql://pulmo_app:change-me@postgres/pulmoscreen")
         assert "change-me" not in str(refused.value)
+
+
+class TestUnknownSettings:
+    """A mistyped ``PULMO_*`` name would do nothing: it is logged with the closest setting."""
+
+    LOGGER = "pulmoscreen.config"
+
+    @pytest.fixture(autouse=True)
+    def _no_pulmo_variables(self, monkeypatch):
+        """Only the names a test sets: none from the shell that runs the tests."""
+        for name in list(os.environ):
+            if name.upper().startswith("PULMO_"):
+                monkeypatch.delenv(name)
+
+    def test_an_unknown_name_in_the_environment_is_named_with_the_closest_setting(
+        self, monkeypatch, caplog
+    ):
+        monkeypatch.setenv("PULMO_DROPFOLDER", "/data/inbox")
+        with caplog.at_level(logging.WARNING, logger=self.LOGGER):
+            settings = Settings(_env_file=None)
+        assert settings.drop_folder == Path("var/inbox")  # the mistake changed nothing...
+        assert caplog.messages == [  # ...and says so
+            "PULMO_DROPFOLDER in the environment is not a setting; did you mean PULMO_DROP_FOLDER?"
+        ]
+
+    def test_an_unknown_name_in_the_env_file_is_named_with_the_file(
+        self, tmp_path, monkeypatch, caplog
+    ):
+        env_file = tmp_path / ".env"
+        env_file.write_text("PULMO_BATCH_SIZE=8\nPULMO_INFERENCE_BAKEND=keras\nHUB_HOST=\n")
+        monkeypatch.chdir(tmp_path)
+        with caplog.at_level(logging.WARNING, logger=self.LOGGER):
+            settings = Settings()
+        assert settings.batch_size == 8
+        assert caplog.messages == [
+            "PULMO_INFERENCE_BAKEND in .env is not a setting; did you mean PULMO_INFERENCE_BACKEND?"
+        ]
+
+    def test_known_names_other_names_and_the_test_suites_names_pass_quietly(
+        self, tmp_path, monkeypatch, caplog
+    ):
+        for name, value in {
+            "PULMO_STABLE_SECONDS": "0.5",
+            "pulmo_site_timezone": "Africa/Nairobi",  # names are not case-sensitive
+            "DEPLOY_DROP_DIR": "./var/inbox",
+            "PULMO_TEST_REDIS_URL": "redis://127.0.0.1:6379/3",
+            "PULMO_FAULT_STUDIES": "50",
+        }.items():
+            monkeypatch.setenv(name, value)
+        (tmp_path / "quiet.env").write_text("PULMO_REPORT_TIME=03:00\nREDIS_PASSWORD=\n")
+        with caplog.at_level(logging.WARNING, logger=self.LOGGER):
+            settings = Settings(_env_file=tmp_path / "quiet.env")
+        assert (settings.stable_seconds, settings.site_timezone) == (0.5, "Africa/Nairobi")
+        assert settings.report_time == "03:00"
+        assert caplog.messages == []
+
+    def test_compose_variables_of_an_older_env_file_say_their_new_name(self):
+        assert unknown_setting_messages(
+            ["PULMO_DROP_DIR", "PULMO_GPU_BATCH_SIZE"], Settings.model_fields, where=".env"
+        ) == [
+            "PULMO_DROP_DIR in .env is not a setting; docker compose reads DEPLOY_DROP_DIR "
+            "instead: rename it",
+            "PULMO_GPU_BATCH_SIZE in .env is not a setting; docker compose reads "
+            "DEPLOY_GPU_BATCH_SIZE instead: rename it",
+        ]
+
+    def test_a_name_like_no_setting_is_reported_as_ignored(self):
+        assert unknown_setting_messages(
+            ["PULMO_ZZZ", "PATH"], Settings.model_fields, where="the environment"
+        ) == ["PULMO_ZZZ in the environment is not a setting and is ignored"]

@@ -106,6 +106,16 @@ class TestCompose:
         )
         assert used <= documented, used - documented
 
+    def test_every_pulmo_variable_is_a_setting(self):
+        """PulmoScreen warns about a PULMO_ name that is no setting: compose's own are DEPLOY_."""
+        from pulmoscreen.config import Settings, unknown_setting_messages
+
+        files = [".env.example", "Dockerfile", *(p.name for p in ROOT.glob("docker-compose*.yml"))]
+        for name in files:
+            found = re.findall(r"\bPULMO_[A-Z0-9_]+", (ROOT / name).read_text())
+            assert found or name.startswith("docker-compose.hub"), name
+            assert unknown_setting_messages(found, Settings.model_fields, where=name) == []
+
     def test_services_run_commands_that_exist(self, compose):
         """Celery apps and CLI subcommands named in compose are importable / defined."""
         import importlib
