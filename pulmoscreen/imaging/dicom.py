@@ -60,10 +60,6 @@ from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.integrity import check_pixel_data
 from pulmoscreen.imaging.isolation import DecoderError, decode_isolated
 
-# pydicom's warnings about invalid values quote the value (a name, a birth date) into stderr
-# and the log; PulmoScreen reads whatever sites send and never logs PHI, so it keeps them quiet.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-
 CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})
 CHEST_BODY_PART_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULMO")
 # Free-text descriptions read when BodyPartExamined is absent. A description that names one of
@@ -197,7 +193,18 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be == 0x0008
 
 
+def configure_pydicom() -> None:
+    """Silence pydicom's validation of values read (a process-wide setting).
+
+    Its warnings quote the invalid value (a name, a birth date) into stderr and the log;
+    PulmoScreen reads whatever sites send and never logs PHI. Every read here calls this first
+    (it is cheap and idempotent), so importing the module changes nothing in pydicom.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def _parse(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+    configure_pydicom()
     try:
         return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
@@ -404,6 +411,9 @@ def _apply_window(values: NDArray[np.float64], ds: Dataset) -> NDArray[np.float6
 
     PS3.3 C.11.2.1.2 with the output range [0, 1]. An unusable window (width below 1, or not
     positive for LINEAR_EXACT and SIGMOID) is ignored, as viewers do; None when there is none.
+    The curve is pydicom's ``apply_windowing`` (a test proves them equal), written with
+    ``np.clip``: pydicom's boolean masks took 1.08 s against 0.16 s here on a 2500 x 2500
+    image, and it raises on values sites do send (an unknown function, an empty width).
     """
     center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
     if center is None or width is None:

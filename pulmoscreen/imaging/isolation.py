@@ -157,8 +157,26 @@ class _HelperPool:
             helper.stop()
 
 
-_pool = _HelperPool(os.cpu_count() or 1)
-atexit.register(_pool.stop)
+_pools: dict[int, _HelperPool] = {}
+
+
+def decoder_pool() -> _HelperPool:
+    """This process's helpers, created by its first compressed image: importing this module
+    starts nothing, and a forked child never uses its parent's pool."""
+    pid = os.getpid()
+    pool = _pools.get(pid)
+    if pool is None:
+        pool = _pools.setdefault(pid, _HelperPool(os.cpu_count() or 1))
+        atexit.register(pool.stop)
+    return pool
+
+
+def stop_decoders() -> None:
+    """End this process's decoder helpers (they start again on the next compressed image)."""
+    pool = _pools.pop(os.getpid(), None)
+    if pool is not None:
+        atexit.unregister(pool.stop)
+        pool.stop()
 
 
 def decode_isolated(path: Path, *, timeout: float = DECODE_TIMEOUT_S) -> NDArray[Any]:
@@ -169,14 +187,16 @@ def decode_isolated(path: Path, *, timeout: float = DECODE_TIMEOUT_S) -> NDArray
     Raises:
         DecoderError: no decoder could decode the data, or the decoder crashed or hung.
     """
-    return _pool.decode(path, timeout=timeout)
+    return decoder_pool().decode(path, timeout=timeout)
 
 
 def _decode_file(path: str) -> NDArray[Any]:
     import pydicom
 
     from pulmoscreen.imaging.codecs import register_decoders
+    from pulmoscreen.imaging.dicom import configure_pydicom
 
+    configure_pydicom()
     register_decoders()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as fh:

@@ -499,3 +499,33 @@ def test_a_patient_id_with_a_backslash_is_kept_as_written(tmp_path):
     path = make_cxr_dicom(tmp_path, seed=5, PatientID="PAT\\0042", AccessionNumber="A\\1")
     meta = read_header(path)
     assert (meta.patient_id, meta.accession) == ("PAT\\0042", "A\\1")
+
+
+class TestImportSideEffects:
+    def test_import_changes_nothing_a_read_configures_pydicom_and_starts_helpers(self, tmp_path):
+        """Importing the imaging package leaves pydicom's settings alone and starts no decoder
+        helper; the first read silences validation, the first compressed image starts this
+        process's helpers."""
+        import subprocess
+        import sys
+
+        from pydicom.uid import RLELossless
+
+        path = make_cxr_dicom(tmp_path, rows=64, cols=64, transfer_syntax=RLELossless)
+        code = f"""
+import pydicom
+default = pydicom.config.settings.reading_validation_mode
+import pulmoscreen.imaging as imaging
+from pulmoscreen.imaging import isolation
+assert pydicom.config.settings.reading_validation_mode == default, "changed at import"
+assert not isolation._pools, "a pool at import"
+imaging.read_dicom(__import__("pathlib").Path({str(path)!r}), validate=False)
+assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
+assert list(isolation._pools) == [__import__("os").getpid()]
+isolation.stop_decoders()
+assert not isolation._pools
+"""
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
