@@ -6,7 +6,7 @@
 #
 # APP_DB_USER (the services' login) may log in, create tables in schema public and own what its
 # migrations create; it is no superuser and may not create databases or roles. pulmo_reader is
-# the group role of staff who query the result views (README "Querying results in SQL"); it is
+# the group role of staff who query the result views (docs/staff-sql.md); it is
 # created here because the app role may not create roles.
 : "${APP_DB_USER:?set APP_DB_USER}" "${APP_DB_PASSWORD:?set APP_DB_PASSWORD}"
 psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \

@@ -1,6 +1,6 @@
 """Nightly reports, the site's time zone, SQL views for health staff and a read-only role.
 
-Views (documented in README "Querying results in SQL"):
+Views (documented in docs/staff-sql.md):
   screening_results  one row per received file with its latest result, on its local day
   flagged_patients   the flagged rows of screening_results: who must be called back
   daily_summary      one row per local day: received, screened, rejected, pending, flagged

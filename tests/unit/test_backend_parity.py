@@ -3,7 +3,7 @@
 The shipped model on 30 images from each label folder of every source in ../shared/data/cxr:
 the same predicted label for at least 99 % of images, every probability within 0.02, and the
 same flag decisions (at the card's thresholds) for at least 99 %. The measured figures are
-printed (``pytest -s``) and recorded in the README.
+printed (``pytest -s``) and recorded in docs/performance.md.
 """
 
 from __future__ import annotations
