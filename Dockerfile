@@ -14,35 +14,43 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
-# Empty package markers let pip resolve the dependencies before the code is copied, so a code
-# change does not reinstall them.
-RUN for p in pulmoscreen ingest worker reporting training; do mkdir -p $p && touch $p/__init__.py; done \
-    && pip install . && pip uninstall -y pulmoscreen
+COPY pyproject.toml setup.py README.md ./
+# Empty package markers (setup.py maps migrations/ and models/ into the package) let pip resolve
+# the dependencies before the code is copied, so a code change does not reinstall them.
+RUN for p in pulmoscreen ingest worker reporting training migrations models; do \
+        mkdir -p $p && touch $p/__init__.py; done \
+    && mkdir -p migrations/versions && pip install . && pip uninstall -y pulmoscreen
 
 FROM build AS build-gpu
 RUN pip install "jax[cuda12]>=0.4.30,<1"
 
+# ---- the application as a wheel: it carries the migrations and the shipped model ----
+FROM build AS wheel
+COPY . .
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 # ---- CPU image ----
 FROM base AS runtime
-RUN useradd --create-home --uid 10001 pulmo && mkdir -p /data/inbox /data/reports \
-    && chown -R pulmo /data
+RUN useradd --create-home --uid 10001 pulmo && mkdir -p /data/inbox /data/reports /app \
+    && chown -R pulmo /data /app
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH KERAS_BACKEND=tensorflow PULMO_DATA_DIR=/data
+# Mounted, not copied: the wheel stays out of the image's layers once installed.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl
 WORKDIR /app
-COPY --chown=pulmo . .
-RUN pip install --no-deps -e .
+# The migrate service runs `alembic upgrade head` here; the scripts come from the package.
+COPY alembic.ini ./
 USER pulmo
 CMD ["pulmoscreen", "--help"]
 
 # ---- GPU inference worker ----
 FROM base AS worker-gpu
-RUN useradd --create-home --uid 10001 pulmo && mkdir -p /data/inbox /data/reports \
-    && chown -R pulmo /data
+RUN useradd --create-home --uid 10001 pulmo && mkdir -p /data/inbox /data/reports /app \
+    && chown -R pulmo /data /app
 COPY --from=build-gpu /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH KERAS_BACKEND=jax PULMO_DATA_DIR=/data
+# Mounted, not copied: the wheel stays out of the image's layers once installed.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels pip install --no-deps /wheels/*.whl
 WORKDIR /app
-COPY --chown=pulmo . .
-RUN pip install --no-deps -e .
 USER pulmo
 CMD ["celery", "-A", "worker", "worker", "-Q", "inference", "-P", "solo", "-n", "gpu@%h"]

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import time
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,7 +27,24 @@ from pydantic_settings import (
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_PATH = REPO_ROOT / "models" / "pulmoscreen_resnet50.npz"
+SHIPPED_MODEL_NAME = "pulmoscreen_resnet50.npz"
+
+
+def _shipped_model_path() -> Path:
+    """The trained model that ships with the package, its card beside it.
+
+    models/ of the source tree installs as ``pulmoscreen.shipped_model`` (setup.py), so a wheel
+    and the editable install find it the same way; a source tree that was never installed falls
+    back to models/ itself.
+    """
+    try:
+        folder = Path(str(resources.files("pulmoscreen.shipped_model")))
+    except ModuleNotFoundError:
+        folder = REPO_ROOT / "models"
+    return folder / SHIPPED_MODEL_NAME
+
+
+DEFAULT_MODEL_PATH = _shipped_model_path()
 # A server on another host is reachable by more than this machine's users: its password must be
 # at least this long (`openssl rand -hex 24` prints 48 characters).
 MIN_REMOTE_PASSWORD = 16

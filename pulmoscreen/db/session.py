@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def _migrations_dir() -> Path:
+    """Alembic's script folder.
+
+    migrations/ of the source tree installs as ``pulmoscreen.migrations`` (setup.py), so a wheel
+    and the editable install find it the same way; a source tree that was never installed falls
+    back to migrations/ itself.
+    """
+    try:
+        return Path(str(resources.files("pulmoscreen.migrations")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def normalise_url(url: str) -> str:
