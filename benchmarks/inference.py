@@ -169,7 +169,7 @@ def worker_memory(settings: Settings, files: list[Path], total: int) -> tuple[fl
     return first, at_mark, rss_mb()
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500, help="end-to-end DICOMs")
     parser.add_argument("--memory-images", type=int, default=5000)
@@ -180,24 +180,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,16,32,64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=Path("var/bench-corpus"))
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import keras
-    import openvino
 
-    base = Settings()
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-        f"bf16: {cpu_has_bf16()}; keras {keras.__version__} ({keras.backend.backend()}), "
-        f"openvino {openvino.__version__}"
-    )
-    best = backend_table(base, [int(b) for b in args.batches.split(",")], args.repeats)
-
-    t = time.perf_counter()
-    files = realistic_corpus(args.corpus, args.images)
-    side = args.memory_side
-    small = realistic_corpus(args.corpus / f"side-{side}", args.memory_files, (side, side))
-    print(f"corpus: {len(files)} DICOMs in {args.corpus} ({time.perf_counter() - t:.0f}s)")
+def served_and_e2e(base: Settings, files: list[Path], repeats: int) -> tuple[float, float]:
+    """Model-only img/s of the served model and end-to-end img/s on ``files``, one run."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = base.model_copy(
             update={
@@ -214,27 +201,52 @@ def main() -> None:
 
         served = served_for(settings)
         size = served.card.preprocess.size
-        served_rate = model_only(served.model, size, settings.infer_batch, args.repeats)
-        e2e = end_to_end(settings, files[: args.images])
+        served_rate = model_only(served.model, size, settings.infer_batch, repeats)
+        e2e = end_to_end(settings, files)
         print(
             f"served: {served.model.describe()}, input {size} px, batch {settings.batch_size}, "
             f"model call {settings.infer_batch}, {settings.decode_threads or os.cpu_count()} "
             f"decode threads"
         )
         print(f"model-only (served, batch {settings.infer_batch}): {served_rate:.1f} img/s")
-        print(f"end to end ({args.images} DICOMs, drop folder -> SQL rows): {e2e:.1f} img/s")
+        print(f"end to end ({len(files)} DICOMs, drop folder -> SQL rows): {e2e:.1f} img/s")
+    return served_rate, e2e
 
+
+def print_memory(base: Settings, files: list[Path], images: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = base.model_copy(
             update={"data_dir": Path(tmp), "database_url": "", "openvino_cache": Path(tmp) / "ov"}
         )
-        first, at_1000, end = worker_memory(settings, small, args.memory_images)
+        first, at_1000, end = worker_memory(settings, files, images)
         growth = 100 * (end - at_1000) / at_1000
         print(
             f"worker RSS: {first:.0f} MB after the first batch, {at_1000:.0f} MB at the mark, "
-            f"{end:.0f} MB at image {args.memory_images} ({growth:+.1f} % from image "
-            f"{min(1000, max(1, args.memory_images // 5))})"
+            f"{end:.0f} MB at image {images} ({growth:+.1f} % from image "
+            f"{min(1000, max(1, images // 5))})"
         )
+
+
+def main() -> None:
+    args = _arguments()
+    import keras
+    import openvino
+
+    base = Settings()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"bf16: {cpu_has_bf16()}; keras {keras.__version__} ({keras.backend.backend()}), "
+        f"openvino {openvino.__version__}"
+    )
+    best = backend_table(base, [int(b) for b in args.batches.split(",")], args.repeats)
+
+    t = time.perf_counter()
+    files = realistic_corpus(args.corpus, args.images)
+    side = args.memory_side
+    small = realistic_corpus(args.corpus / f"side-{side}", args.memory_files, (side, side))
+    print(f"corpus: {len(files)} DICOMs in {args.corpus} ({time.perf_counter() - t:.0f}s)")
+    served_rate, e2e = served_and_e2e(base, files[: args.images], args.repeats)
+    print_memory(base, small, args.memory_images)
 
     keras_best = best["keras f32"]
     ov_best = max(v for k, v in best.items() if k.startswith("openvino"))

@@ -80,16 +80,45 @@ def make_cxr_dicom(
         grey = np.asarray(pixels, dtype=np.float64)
         span = float(grey.max() - grey.min()) or 1.0
         display = (grey - grey.min()) / span
-        rows, cols = display.shape
+    stored, rescale = _stored_values(display, photometric, bits_stored, signed=signed)
+    tags = {**rescale, **tags}
+    ds = _chest_dataset(seed, modality)
+    ds.set_pixel_data(
+        stored,
+        photometric_interpretation=photometric,
+        bits_stored=bits_stored,
+        generate_instance_uid=False,
+    )
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (filename or f"synthetic_{seed:05d}.dcm")
+    _encode(ds, UID(transfer_syntax))
+    if file_meta:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        _save_bare(ds, path)
+    return path
+
+
+def _stored_values(
+    display: NDArray[np.float64], photometric: str, bits_stored: int, *, signed: bool
+) -> tuple[NDArray[Any], dict[str, Any]]:
+    """Display values in 0..1 as stored pixels, and the rescale tags that restore them (a
+    signed image stores the same picture shifted by half its range)."""
     top = 2**bits_stored - 1
     values = display if photometric == "MONOCHROME2" else 1.0 - display
-    pixels = np.round(values * top).astype(np.uint8 if bits_stored <= 8 else np.uint16)
-    if signed:
-        offset = 2 ** (bits_stored - 1)
-        pixels = (pixels.astype(np.int32) - offset).astype(
-            np.int8 if bits_stored <= 8 else np.int16
-        )
-        tags = {"RescaleIntercept": offset, "RescaleSlope": 1, "RescaleType": "US", **tags}
+    stored = np.round(values * top).astype(np.uint8 if bits_stored <= 8 else np.uint16)
+    if not signed:
+        return stored, {}
+    offset = 2 ** (bits_stored - 1)
+    shifted = (stored.astype(np.int32) - offset).astype(np.int8 if bits_stored <= 8 else np.int16)
+    return shifted, {"RescaleIntercept": offset, "RescaleSlope": 1, "RescaleType": "US"}
+
+
+def _chest_dataset(seed: int, modality: str) -> Dataset:
+    """The header of a frontal chest CR/DX whose UIDs and identifiers derive from ``seed``."""
     ds = Dataset()
     sop_class = DX_IMAGE_STORAGE if modality == "DX" else CR_IMAGE_STORAGE
     ds.file_meta = FileMetaDataset()
@@ -106,23 +135,7 @@ def make_cxr_dicom(
     ds.Modality = modality
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
-    ds.set_pixel_data(
-        pixels,
-        photometric_interpretation=photometric,
-        bits_stored=bits_stored,
-        generate_instance_uid=False,
-    )
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / (filename or f"synthetic_{seed:05d}.dcm")
-    _encode(ds, UID(transfer_syntax))
-    if file_meta:
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        _save_bare(ds, path)
-    return path
+    return ds
 
 
 def _encode(ds: Dataset, syntax: UID) -> None:

@@ -124,14 +124,11 @@ def _counts(splits: dict[str, list[Any]]) -> dict[str, dict[str, int]]:
     }
 
 
-def finalize(config: TrainConfig) -> ModelCard:
-    """Package the best checkpoint as the shipped model, with its card and test evaluation."""
+def shipped_weights(config: TrainConfig) -> Any:
+    """The best checkpoint, or the trajectory's average (``--swa-from``), averaged with
+    ``--average-with``'s weights when given."""
     import keras
 
-    keras.config.set_dtype_policy("float32")
-    splits = load_splits(config.out / "splits.json")
-    arrays = split_arrays(config, splits)
-    spec = config.spec
     best = keras.models.load_model(config.out / "best.keras", compile=False)
     if config.swa_from > 0:
         average = WeightAverage(config.out / SWA_FILE)
@@ -143,8 +140,19 @@ def finalize(config: TrainConfig) -> ModelCard:
         other = load_trained(config.average_with).get_weights()
         best.set_weights([(a + b) / 2 for a, b in zip(best.get_weights(), other, strict=True)])
         log.info("averaged the weights with %s", config.average_with)
+    return best
+
+
+def finalize(config: TrainConfig) -> ModelCard:
+    """Package the best checkpoint as the shipped model, with its card and test evaluation."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    splits = load_splits(config.out / "splits.json")
+    arrays = split_arrays(config, splits)
+    spec = config.spec
     model_path = config.out / MODEL_FILE
-    save_compact(best, model_path)
+    save_compact(shipped_weights(config), model_path)
     state = json.loads((config.out / "state.json").read_text())
     created = datetime.now(UTC)
     draft = ModelCard(

@@ -209,14 +209,28 @@ def _content_section(card: ModelCard) -> list[str]:
 def render_model_card(card: ModelCard) -> str:
     """Markdown for ``card``, with test metrics overall and per source when present."""
     d = card.details
+    lines = [f"# Model card: {card.version}", "", "## Intended use", ""]
+    lines += [d.get("intended_use", INTENDED_USE), *_model_section(card)]
+    lines += _training_section(d)
+    lines += _thresholds_section(d)
+    lines += _held_out_sections(d)
+    lines += _test_section(d)
+    lines += _audit_section(d)
+    lines += _content_section(card)
+    limitations = list(d.get("limitations", LIMITATIONS))
+    if card.content_check is not None:
+        limitations = [CONTENT_LIMITATION if x == OLD_OOD_LIMITATION else x for x in limitations]
+    lines += ["", "## Limitations", ""]
+    lines += [f"- {item}" for item in limitations]
+    lines += ["", "Data: see `../shared/data/README.md` for sources and licences.", ""]
+    return "\n".join(lines)
+
+
+def _model_section(card: ModelCard) -> list[str]:
+    d = card.details
     training = d.get("training", {})
     rule = d.get("threshold_rule", "")
-    lines = [
-        f"# Model card: {card.version}",
-        "",
-        "## Intended use",
-        "",
-        d.get("intended_use", INTENDED_USE),
+    return [
         "",
         "## Model",
         "",
@@ -234,11 +248,12 @@ def render_model_card(card: ModelCard) -> str:
         f"{rule[:1].upper()}{rule[1:]}.",
         f"- Abnormality score: {d.get('abnormality_score', 'round(100 * (1 - p(normal)))')}.",
         f"- Created {d.get('created', 'n/a')}; weights stored as float16 (compact file).",
-        "",
-        "## Training",
-        "",
     ]
-    lines += [f"- {k}: {v}" for k, v in training.items() if k != "data"]
+
+
+def _training_section(d: dict[str, Any]) -> list[str]:
+    lines = ["", "## Training", ""]
+    lines += [f"- {k}: {v}" for k, v in d.get("training", {}).items() if k != "data"]
     lines += ["", "| split | images per source/label |", "|---|---|"]
     for split, counts in d.get("data_counts", {}).items():
         lines.append(f"| {split} | {', '.join(f'{k}: {v}' for k, v in counts.items())} |")
@@ -254,35 +269,35 @@ def render_model_card(card: ModelCard) -> str:
             f"{_fmt(h.get('val_loss'))} | {_fmt(h.get('val_accuracy'))} |"
             for h in history
         ]
+    return lines
+
+
+def _thresholds_section(d: dict[str, Any]) -> list[str]:
     validation = d.get("threshold_validation")
-    if validation:
-        lines += [
-            "",
-            "## Thresholds on the validation split",
-            "",
-            "| disease | positives | sensitivity | lower bound | confidence | specificity |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
+    if not validation:
+        return []
+    return [
+        "",
+        "## Thresholds on the validation split",
+        "",
+        "| disease | positives | sensitivity | lower bound | confidence | specificity |",
+        "|---|---|---|---|---|---|",
+        *(
             f"| {disease} | {v['n']} | {_fmt(v['sensitivity'])} | "
             f"{_fmt(v['sensitivity_lower_bound'])} | {_fmt(v['confidence'])} | "
             f"{_fmt(v['specificity'])} |"
             for disease, v in validation.items()
-        ]
-    lines += _held_out_sections(d)
+        ),
+    ]
+
+
+def _test_section(d: dict[str, Any]) -> list[str]:
     metrics = d.get("test_metrics")
-    if metrics:
-        lines += ["", "## Held-out test split", "", *_metrics_table(metrics)]
-        for name, m in metrics.get("per_population", {}).items():
-            lines += ["", f"### Population: {name}", "", *_metrics_table(m)]
-        for source, m in metrics.get("per_source", {}).items():
-            lines += ["", f"### Source: {source}", "", *_metrics_table(m)]
-    lines += _audit_section(d)
-    lines += _content_section(card)
-    limitations = list(d.get("limitations", LIMITATIONS))
-    if card.content_check is not None:
-        limitations = [CONTENT_LIMITATION if x == OLD_OOD_LIMITATION else x for x in limitations]
-    lines += ["", "## Limitations", ""]
-    lines += [f"- {item}" for item in limitations]
-    lines += ["", "Data: see `../shared/data/README.md` for sources and licences.", ""]
-    return "\n".join(lines)
+    if not metrics:
+        return []
+    lines = ["", "## Held-out test split", "", *_metrics_table(metrics)]
+    for name, m in metrics.get("per_population", {}).items():
+        lines += ["", f"### Population: {name}", "", *_metrics_table(m)]
+    for source, m in metrics.get("per_source", {}).items():
+        lines += ["", f"### Source: {source}", "", *_metrics_table(m)]
+    return lines

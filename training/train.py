@@ -171,11 +171,26 @@ def epoch_order(
     return rng.permutation(np.concatenate(chosen))
 
 
-def _batches_class() -> type:
-    import keras
-
+def model_inputs(
+    planes: NDArray[Any],
+    spec: PreprocessSpec,
+    augment: AugmentSpec | None,
+    rng: np.random.Generator,
+) -> NDArray[np.float32]:
+    """A batch of cached resized planes as the model takes it: optionally re-acquired
+    (``jitter_plane``), normalised as served, repeated into 3 channels (NHWC)."""
     from pulmoscreen.imaging.preprocess import normalize_grey
     from training.augment import jitter_plane
+
+    planes = np.asarray(planes, dtype=np.float32)
+    if augment is not None:
+        planes = np.stack([jitter_plane(p, augment, rng) for p in planes])
+    grey = np.stack([normalize_grey(p, spec) for p in planes])
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _batches_class() -> type:
+    import keras
 
     class Batches(keras.utils.PyDataset):  # type: ignore[misc, name-defined]
         """Mini-batches from cached resized planes: optionally re-acquired (``jitter_plane``),
@@ -216,11 +231,7 @@ def _batches_class() -> type:
 
         def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
             idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
-            planes = np.asarray(self.x[idx], dtype=np.float32)
-            if self.augment is not None:
-                planes = np.stack([jitter_plane(p, self.augment, self.rng) for p in planes])
-            grey = np.stack([normalize_grey(p, self.spec) for p in planes])
-            xb = np.repeat(grey[..., None], 3, axis=-1)
+            xb = model_inputs(self.x[idx], self.spec, self.augment, self.rng)
             w = self.w[idx] if self.w is not None else np.ones(len(idx), np.float32)
             if self.sources is not None:
                 onehot = np.eye(len(LABELS), dtype=np.float32)[self.y[idx]]
@@ -498,28 +509,21 @@ def check_init_unseen(config: TrainConfig) -> None:
             )
 
 
-def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
-    """Run (or continue) the fit stage; returns the saved state."""
-    import keras
-
-    check_init_unseen(config)
-
-    keras.utils.set_random_seed(config.seed)
-    keras.config.set_dtype_policy(choose_precision(config.precision))
-    config.out.mkdir(parents=True, exist_ok=True)
-    splits = prepare_splits(config)
+def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any, Any, int]:
+    """The training and validation batches, and how many sources training holds."""
     arrays = split_arrays(config, splits)
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
     weights = sample_weights(splits["train"], y_train, config.balance, cap=config.max_per_group)
     batches = _batches_class()
     groups = np.unique([f"{s.source}/{s.label}" for s in splits["train"]], return_inverse=True)[1]
     names = sorted({s.source for s in splits["train"]})
-    adversary = config.adversarial > 0
 
     def source_index(split: str) -> NDArray[np.int64] | None:
         # a validation image of a source absent from training counts as the first source
         known = {name: i for i, name in enumerate(names)}
-        return np.array([known.get(s.source, 0) for s in splits[split]]) if adversary else None
+        if config.adversarial <= 0:
+            return None
+        return np.array([known.get(s.source, 0) for s in splits[split]])
 
     train_ds = batches(
         x_train,
@@ -543,20 +547,61 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
         sources=source_index("val"),
         adversarial=config.adversarial,
     )
+    return train_ds, val_ds, len(names)
+
+
+def _restore_or_build(
+    config: TrainConfig, state: dict[str, Any] | None, n_sources: int
+) -> tuple[Any, Any]:
+    """The training model and its serving part: from the last checkpoint, or built anew."""
+    import keras
+
+    if not state:
+        return _build_training_model(config, n_sources)
+    adversary = config.adversarial > 0
+    if adversary:
+        gradient_reversal_class()  # registers the layer the saved model names
+    model = keras.models.load_model(config.out / "last.keras")
+    serving = serving_of(model, SERVING_NAME) if adversary else model.get_layer(SERVING_NAME)
+    log.info("resuming after epoch %d (phase %d)", state["epochs_done"], state["phase"])
+    return model, serving
+
+
+def _callbacks(
+    config: TrainConfig, serving: Any, phase: int, history: list[dict[str, float]]
+) -> list[Any]:
+    import keras
+
+    return [
+        *([_Averaging(config.out, serving, config.swa_from)] if config.swa_from > 0 else []),
+        _Checkpoint(config.out, serving, phase, history),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=config.patience,
+            # From scratch, validation loss swings widely while the learning rate is high:
+            # judge only the second half of the run.
+            start_from_epoch=0 if config.pretrained else config.epochs // 2,
+        ),
+    ]
+
+
+def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
+    """Run (or continue) the fit stage; returns the saved state."""
+    import keras
+
+    check_init_unseen(config)
+    keras.utils.set_random_seed(config.seed)
+    keras.config.set_dtype_policy(choose_precision(config.precision))
+    config.out.mkdir(parents=True, exist_ok=True)
+    splits = prepare_splits(config)
+    train_ds, val_ds, n_sources = _datasets(config, splits)
     state_path = config.out / "state.json"
     state = json.loads(state_path.read_text()) if resume and state_path.exists() else None
     history: list[dict[str, float]] = state["history"] if state else []
     done = state["epochs_done"] if state else 0
     if done >= config.epochs:
         return state or {}
-    if state:
-        if adversary:
-            gradient_reversal_class()  # registers the layer the saved model names
-        model = keras.models.load_model(config.out / "last.keras")
-        serving = serving_of(model, SERVING_NAME) if adversary else model.get_layer(SERVING_NAME)
-        log.info("resuming after epoch %d (phase %d)", done, state["phase"])
-    else:
-        model, serving = _build_training_model(config, len(names))
+    model, serving = _restore_or_build(config, state, n_sources)
     phases = [(1, config.head_epochs, config.learning_rate)] if config.pretrained else []
     last_lr = config.fine_tune_learning_rate if config.pretrained else config.learning_rate
     phases.append((2, config.epochs, last_lr))
@@ -566,24 +611,13 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
             continue
         set_trainable(serving, phase_one=config.pretrained and phase == 1, from_=config.train_from)
         if not state or state["phase"] != phase:
-            _compile(model, lr, len(train_ds) * (until - done), adversarial=adversary)
-        callbacks = [
-            *([_Averaging(config.out, serving, config.swa_from)] if config.swa_from > 0 else []),
-            _Checkpoint(config.out, serving, phase, history),
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.patience,
-                # From scratch, validation loss swings widely while the learning rate is high:
-                # judge only the second half of the run.
-                start_from_epoch=0 if config.pretrained else config.epochs // 2,
-            ),
-        ]
+            _compile(model, lr, len(train_ds) * (until - done), adversarial=config.adversarial > 0)
         model.fit(
             train_ds,
             validation_data=val_ds,
             initial_epoch=done,
             epochs=until,
-            callbacks=callbacks,
+            callbacks=_callbacks(config, serving, phase, history),
             verbose=2,
         )
         done = history[-1]["epoch"] if history else done

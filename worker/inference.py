@@ -192,13 +192,8 @@ def _predict_group(  # type: ignore[no-untyped-def]
         )
         for ids, inputs, failures in chunks:
             for image_id, reason, detail, retry in failures:
-                item = by_id[image_id]
-                if _moved_on(item, seen[image_id]):
-                    if _send_back(factory, item):
-                        settled.add(image_id)
-                    continue
-                settled.add(image_id)
-                _fail(settings, factory, item, reason, detail, retry=retry, deferred=deferred)
+                failed = (by_id[image_id], reason, detail, retry)
+                _settle_failure(settings, factory, failed, seen, settled, deferred=deferred)
             if ids:
                 done, n_new = _score_chunk(
                     factory,
@@ -220,6 +215,27 @@ def _predict_group(  # type: ignore[no-untyped-def]
         if untried:
             _release(factory, untried)
     return predicted, new
+
+
+def _settle_failure(  # type: ignore[no-untyped-def]
+    settings: Settings,
+    factory,
+    failed: tuple[_Todo, RejectReason, str, bool],
+    seen: dict[int, os.stat_result | None],
+    settled: set[int],
+    *,
+    deferred: list[int],
+) -> None:
+    """An image that could not be read: handed back to ingest when its file changed since it
+    was hashed (it is not this file's failure), else failed or retried (``_fail``). Adds it to
+    ``settled`` before anything can raise, so it is not released as untried."""
+    item, reason, detail, retry = failed
+    if _moved_on(item, seen[item.id]):
+        if _send_back(factory, item):
+            settled.add(item.id)
+        return
+    settled.add(item.id)
+    _fail(settings, factory, item, reason, detail, retry=retry, deferred=deferred)
 
 
 def _fail(  # type: ignore[no-untyped-def]
