@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report docs clean
+.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report docs wheel-test clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
@@ -40,6 +40,11 @@ integration: install services chromium
 # processes through faults; PULMO_FAULT_STUDIES (300) studies per scenario. Not part of `test`.
 faults: install
 	$(BIN)/pytest tests/faults
+
+# The built wheel, installed into a fresh virtualenv outside the source tree, migrates and
+# screens on SQLite with the shipped model (scripts/wheel-test.sh; about a minute).
+wheel-test: install
+	bash scripts/wheel-test.sh
 
 test: install services chromium lint
 	$(BIN)/pytest
