@@ -272,6 +272,18 @@ class TestWorkerContentCheck:
         assert any("no content check" in r.getMessage() for r in caplog.records)
 
 
+# What TensorFlow, XLA and absl print on their own when they load (CPU and GPU builds).
+TF_CHATTER = (
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized",
+    "Unable to register cu",
+    "TF-TRT Warning",
+    "absl::InitializeLog()",
+    "cpu_feature_guard",
+    "cudart_stub",
+)
+
+
 class TestPreviewContentScore:
     def test_preview_prints_the_score_and_the_verdict(self, tmp_path, checked_model, capsys):
         from pulmoscreen.cli import write_preview
@@ -285,6 +297,20 @@ class TestPreviewContentScore:
         out = capsys.readouterr().out
         assert "refused: not_chest_content" in out
         assert "content score" in out
+
+    def test_the_command_loads_tensorflow_without_its_start_up_chatter(
+        self, tmp_path, checked_model
+    ):
+        from tests.integration.conftest import pulmo_env, run_cli
+
+        env = pulmo_env(PULMO_MODEL_PATH=str(checked_model), PULMO_DATA_DIR=str(tmp_path / "s"))
+        del env["TF_CPP_MIN_LOG_LEVEL"]  # the command's own default is under test
+        chest = make_cxr_dicom(tmp_path / "in", seed=40)
+        done = run_cli("preview", str(chest), "-o", "chest.png", env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "content check: passes" in done.stdout  # the model was loaded and run
+        printed = (done.stdout + done.stderr).splitlines()
+        assert [line for line in printed if any(c in line for c in TF_CHATTER)] == []
 
 
 class TestDemoFolder:
