@@ -129,7 +129,7 @@ def train(
 
     setup_logging(True)
     config = train_config(ctx.params, imagenet_weights=get_settings().imagenet_weights)
-    with exit_on_value_error():
+    with _exit_on_value_error():
         loso_figures(config.loso_runs)  # a wrong --loso-run fails now, not after the fit
     fit(config, resume=resume)
     if not fit_only:
@@ -155,7 +155,7 @@ def train_config(options: Mapping[str, Any], *, imagenet_weights: Path | None) -
 
 
 @contextmanager
-def exit_on_value_error() -> Iterator[None]:
+def _exit_on_value_error() -> Iterator[None]:
     """A ValueError here is the user's input at fault: say why on stderr and exit 2."""
     try:
         yield
@@ -176,7 +176,7 @@ def rethreshold(
     from training.finalize import rethreshold as run_rethreshold
 
     setup_logging(True)
-    with exit_on_value_error():
+    with _exit_on_value_error():
         card = run_rethreshold(
             model,
             out,
