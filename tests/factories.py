@@ -42,3 +42,22 @@ def make_tiny_model(directory: Path, *, version: str = "tiny-test-1") -> Path:
         trained=True,
     ).save(card_path_for(path))
     return path
+
+
+def add_model_row(session, *, version: str, active: bool = True, sha: str = "0"):  # type: ignore[no-untyped-def]
+    """A registered model row (no file behind it) for tests that need predictions under a
+    model other than the served one; returns its id."""
+    from pulmoscreen.db import ModelRow
+
+    model = ModelRow(
+        version=version,
+        sha256=sha * 64,
+        labels=[],
+        thresholds={},
+        card={},
+        trained=True,
+        active=active,
+    )
+    session.add(model)
+    session.flush()
+    return model.id

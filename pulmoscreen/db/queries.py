@@ -86,16 +86,20 @@ def add_queued_image(
     size_bytes: int,
 ) -> int:
     """Register an accepted image, ready for inference."""
-    image = Image(
+    file = {"source_path": source_path, "stored_path": stored_path, "sha256": sha256}
+    return _insert_image(
+        session,
+        meta,
+        **file,
         sop_uid=meta.sop_uid,
         study_id=study_id,
-        source_path=source_path,
-        stored_path=stored_path,
-        sha256=sha256,
         size_bytes=size_bytes,
         status=ImageStatus.QUEUED.value,
-        **_meta_columns(meta),
     )
+
+
+def _insert_image(session: Session, meta: DicomMeta | None, **columns: Any) -> int:
+    image = Image(**columns, **_meta_columns(meta))
     session.add(image)
     session.flush()
     return image.id
@@ -113,22 +117,28 @@ def add_rejected_image(
     meta: DicomMeta | None = None,
 ) -> int:
     """Record a file rejected at ingest; duplicates keep no SOPInstanceUID (it is unique)."""
-    image = Image(
-        sop_uid=None,
-        study_id=None,
-        source_path=source_path,
-        stored_path=stored_path,
-        sha256=sha256,
-        size_bytes=size_bytes,
-        status=ImageStatus.REJECTED.value,
-        reject_reason=reason.value,
-        reject_detail=detail[:2000],
-        **_meta_columns(meta),
+    file = {"source_path": source_path, "stored_path": stored_path, "sha256": sha256}
+    rejection = {"reject_reason": reason.value, "reject_detail": detail[:2000]}
+    return _insert_image(
+        session, meta, **file, **rejection, size_bytes=size_bytes, status=ImageStatus.REJECTED.value
     )
-    session.add(image)
-    session.flush()
-    return image.id
 
+
+# What the rejected row of an earlier copy keeps when a later copy reopens the image.
+_COPIED_COLUMNS = (
+    "study_id",
+    "source_path",
+    "stored_path",
+    "sha256",
+    "size_bytes",
+    "reject_reason",
+    "modality",
+    "body_part",
+    "view_position",
+    "transfer_syntax",
+    "rows",
+    "cols",
+)
 
 # Rejections a fresh copy of the same file may undo: the transfer or the machine failed, not
 # necessarily the content.
@@ -156,26 +166,10 @@ def reopen_rejected(
     The earlier copy keeps its own rejected row (without the SOPInstanceUID, which is unique)
     naming its place in quarantine, so each file still has one outcome.
     """
+    kept = {name: getattr(image, name) for name in _COPIED_COLUMNS}
+    detail = f"{image.reject_detail} (a later copy was received as image {image.id})"
     session.add(
-        Image(
-            sop_uid=None,
-            study_id=image.study_id,
-            source_path=image.source_path,
-            stored_path=image.stored_path,
-            sha256=image.sha256,
-            size_bytes=image.size_bytes,
-            status=ImageStatus.REJECTED.value,
-            reject_reason=image.reject_reason,
-            reject_detail=f"{image.reject_detail} (a later copy was received as image {image.id})"[
-                :2000
-            ],
-            modality=image.modality,
-            body_part=image.body_part,
-            view_position=image.view_position,
-            transfer_syntax=image.transfer_syntax,
-            rows=image.rows,
-            cols=image.cols,
-        )
+        Image(**kept, sop_uid=None, status=ImageStatus.REJECTED.value, reject_detail=detail[:2000])
     )
     session.execute(
         update(Image)
@@ -505,14 +499,19 @@ class ImageOutcome:
     model_version: str | None
 
 
-def image_outcomes(session: Session, image_ids: Sequence[int]) -> list[ImageOutcome]:
-    """Status and latest result of each image in ``image_ids`` (as ``screening_results``)."""
-    latest = (
+def latest_prediction_id() -> Any:
+    """The id of an image's latest prediction, correlated with the enclosing query's image."""
+    return (
         select(func.max(PredictionRow.id))
         .where(PredictionRow.image_id == Image.id)
         .correlate(Image)
         .scalar_subquery()
     )
+
+
+def image_outcomes(session: Session, image_ids: Sequence[int]) -> list[ImageOutcome]:
+    """Status and latest result of each image in ``image_ids`` (as ``screening_results``)."""
+    latest = latest_prediction_id()
     stmt = (
         select(Image, Study.study_uid, PredictionRow, ModelRow.version)
         .outerjoin(Study, Study.id == Image.study_id)

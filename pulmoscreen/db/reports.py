@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from pulmoscreen.db.queries import latest_prediction_id
 from pulmoscreen.db.schema import (
     Image,
     ModelRow,
@@ -60,12 +61,7 @@ def received_files(session: Session, *, start: datetime, end: datetime) -> list[
 
     Rows follow :data:`RECEIVED_COLUMNS`; files rejected at ingest have no study and no result.
     """
-    latest = (
-        select(func.max(PredictionRow.id))
-        .where(PredictionRow.image_id == Image.id)
-        .correlate(Image)
-        .scalar_subquery()
-    )
+    latest = latest_prediction_id()
     stmt = (
         select(
             Image.id,

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from pulmoscreen.db import Image, ModelRow, PredictionRow, Study, session_factory, upgrade_database
+from pulmoscreen.db import Image, PredictionRow, Study, session_factory, upgrade_database
+from tests.factories import add_model_row
 from tests.faults.corpus import ABSENT, PREDICTED, Expected, sha256_bytes
 from tests.faults.invariant import Verdict, check_outcomes
 from tests.faults.services import PostgresCluster
@@ -28,18 +29,7 @@ class World:
         self.sessions = session_factory(url)
         self.expected: list[Expected] = []
         with self.sessions.begin() as session:
-            model = ModelRow(
-                version="m1",
-                sha256="0" * 64,
-                labels=[],
-                thresholds={},
-                card={},
-                trained=True,
-                active=True,
-            )
-            session.add(model)
-            session.flush()
-            self.model_id = model.id
+            self.model_id = add_model_row(session, version="m1")
 
     def file(
         self, name: str, *, patient: str = "P1", outcomes: Iterable[str] = (PREDICTED,)
@@ -94,18 +84,7 @@ class World:
             return image.id
 
     def _other_model(self, session: Session) -> int:
-        model = ModelRow(
-            version=uuid.uuid4().hex,
-            sha256="1" * 64,
-            labels=[],
-            thresholds={},
-            card={},
-            trained=True,
-            active=False,
-        )
-        session.add(model)
-        session.flush()
-        return model.id
+        return add_model_row(session, version=uuid.uuid4().hex, active=False, sha="1")
 
     def rejected(self, e: Expected, reason: str, *, in_quarantine: bool = True) -> None:
         stored = self.drop / "quarantine" / e.name

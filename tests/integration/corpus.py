@@ -16,21 +16,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
 from tests.factories import make_cxr_dicom
 
@@ -123,22 +110,24 @@ def add_good_files(c: Corpus) -> None:
     """Valid chest radiographs in every encoding and layout a site may send."""
     for name, syntax, bits in [
         ("plain.dcm", None, 12),
-        ("implicit.dcm", ImplicitVRLittleEndian, 12),
-        ("big endian.dcm", ExplicitVRBigEndian, 12),
-        ("deflated.dcm", DeflatedExplicitVRLittleEndian, 12),
-        ("rle.dcm", RLELossless, 12),
-        ("j2k lossless.dcm", JPEG2000Lossless, 12),
-        ("j2k lossy.dcm", JPEG2000, 12),
-        ("jpeg-ls.dcm", JPEGLSLossless, 12),
-        ("jpeg-ls near.dcm", JPEGLSNearLossless, 12),
-        ("jpeg lossless sv1.dcm", JPEGLosslessSV1, 16),
-        ("jpeg lossless.dcm", JPEGLossless, 12),
-        ("jpeg baseline.dcm", JPEGBaseline8Bit, 8),
-        ("jpeg extended 12.dcm", JPEGExtended12Bit, 12),
+        ("implicit.dcm", uid.ImplicitVRLittleEndian, 12),
+        ("big endian.dcm", uid.ExplicitVRBigEndian, 12),
+        ("deflated.dcm", uid.DeflatedExplicitVRLittleEndian, 12),
+        ("rle.dcm", uid.RLELossless, 12),
+        ("j2k lossless.dcm", uid.JPEG2000Lossless, 12),
+        ("j2k lossy.dcm", uid.JPEG2000, 12),
+        ("jpeg-ls.dcm", uid.JPEGLSLossless, 12),
+        ("jpeg-ls near.dcm", uid.JPEGLSNearLossless, 12),
+        ("jpeg lossless sv1.dcm", uid.JPEGLosslessSV1, 16),
+        ("jpeg lossless.dcm", uid.JPEGLossless, 12),
+        ("jpeg baseline.dcm", uid.JPEGBaseline8Bit, 8),
+        ("jpeg extended 12.dcm", uid.JPEGExtended12Bit, 12),
     ]:
         extra = {"transfer_syntax": syntax} if syntax else {}
         c.dicom(f"encodings/{name}", PREDICTED, bits_stored=bits, **extra)
-    c.dicom("ACR-NEMA/IM0001", PREDICTED, transfer_syntax=ImplicitVRLittleEndian, file_meta=False)
+    c.dicom(
+        "ACR-NEMA/IM0001", PREDICTED, transfer_syntax=uid.ImplicitVRLittleEndian, file_meta=False
+    )
     c.dicom("PAT^1/STUDY 1/SERIES 1/IM0001", PREDICTED, photometric="MONOCHROME1", bits_stored=16)
     c.dicom("dx/signed.dcm", PREDICTED, modality="DX", signed=True)
     c.dicom(
@@ -165,7 +154,7 @@ def add_unreadable_headers(c: Corpus, outside: Path) -> None:
 
     c.raw("empty.dcm", "truncated", b"")
     c.raw("P/S/zero", "truncated", b"")
-    for rel, syntax in [("cut native.dcm", None), ("cut j2k.dcm", JPEG2000Lossless)]:
+    for rel, syntax in [("cut native.dcm", None), ("cut j2k.dcm", uid.JPEG2000Lossless)]:
         path = c.dicom(rel, "truncated", **({"transfer_syntax": syntax} if syntax else {}))
         path.write_bytes(path.read_bytes()[:-5000])
     path = c.dicom("cut header.dcm", "truncated")
@@ -211,27 +200,27 @@ def add_broken_pixel_data(c: Corpus) -> None:
     """Headers that pass; the pixel data is missing, unsupported, lying or broken."""
     c.edit(c.dicom("no pixels.dcm", "no_pixel_data"), lambda ds: delattr(ds, "PixelData"))
     c.edit(c.dicom("empty pixels.dcm", "no_pixel_data"), set_pixel_bytes(b""))
-    path = c.dicom("no fragments.dcm", "no_pixel_data", transfer_syntax=JPEG2000Lossless)
+    path = c.dicom("no fragments.dcm", "no_pixel_data", transfer_syntax=uid.JPEG2000Lossless)
     c.edit(path, set_pixel_bytes(NO_FRAGMENTS))
     for rel, syntax in [
         ("mpeg2.dcm", "1.2.840.10008.1.2.4.100"),
         ("j2k part 2.dcm", "1.2.840.10008.1.2.4.92"),
         ("private syntax.dcm", "1.2.3.4.5.6"),
     ]:
-        path = c.dicom(rel, "unsupported_transfer_syntax", transfer_syntax=JPEG2000Lossless)
+        path = c.dicom(rel, "unsupported_transfer_syntax", transfer_syntax=uid.JPEG2000Lossless)
         c.edit(path, set_attributes(file_meta=True, TransferSyntaxUID=syntax))
     for rel, syntax in [
-        ("half j2k.dcm", JPEG2000Lossless),
-        ("half jpeg-ls.dcm", JPEGLSLossless),
-        ("half rle.dcm", RLELossless),
-        ("half jpeg lossless.dcm", JPEGLosslessSV1),
+        ("half j2k.dcm", uid.JPEG2000Lossless),
+        ("half jpeg-ls.dcm", uid.JPEGLSLossless),
+        ("half rle.dcm", uid.RLELossless),
+        ("half jpeg lossless.dcm", uid.JPEGLosslessSV1),
     ]:
         path = c.dicom(rel, "decode_failed", transfer_syntax=syntax)
         frame = first_frame(path)
         c.edit(path, set_pixel_bytes(encapsulate([frame[: len(frame) // 2]])))
     # GDCM aborts its whole process on this JPEG: the decoder helper dies, not the worker.
     path = c.dicom(
-        "decoder crash.dcm", "decode_failed", bits_stored=8, transfer_syntax=JPEGBaseline8Bit
+        "decoder crash.dcm", "decode_failed", bits_stored=8, transfer_syntax=uid.JPEGBaseline8Bit
     )
     frame = bytearray(first_frame(path))
     frame[2] = 0x8E
@@ -242,7 +231,7 @@ def add_broken_pixel_data(c: Corpus) -> None:
         "decode_failed",
         rows=1024,
         cols=1024,
-        transfer_syntax=JPEG2000Lossless,
+        transfer_syntax=uid.JPEG2000Lossless,
     )
     c.edit(path, set_attributes(Rows=512, Columns=512))
 

@@ -60,6 +60,16 @@ def train_tiny(data: Path | list[Path], run: Path, env: dict[str, str], *extra: 
     )
 
 
+def trained_run(tmp_path: Path, *extra: str) -> Path:
+    """A tiny model trained on synthetic data in ``tmp_path/run``; the run must succeed."""
+    data = tmp_path / "site"
+    make_dataset(data)
+    env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
+    done = train_tiny(data, tmp_path / "run", env, *extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return tmp_path / "run"
+
+
 class TestContinueAndAverage:
     def test_from_a_shipped_model_with_group_weights_then_averaged(self, tmp_path):
         import keras
@@ -105,13 +115,8 @@ class TestWeightAveraging:
 
         from training.train import SWA_FILE, SWA_STRIDE, WeightAverage
 
-        data = tmp_path / "site"
-        make_dataset(data)
-        env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
-        run = tmp_path / "run"
         extra = ("--epochs", "3", "--batch-size", "4", "--patience", "9", "--swa-from", "2")
-        done = train_tiny(data, run, env, *extra)
-        assert done.returncode == 0, done.stdout + done.stderr
+        run = trained_run(tmp_path, *extra)
         card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())
         assert card["details"]["training"]["swa_from"] == 2
         # epochs 2 and 3: a snapshot every SWA_STRIDE batches, and one at each epoch's end
@@ -134,12 +139,8 @@ class TestWeightAveraging:
 
 class TestRethreshold:
     def test_new_thresholds_on_the_same_validation_split(self, tmp_path):
-        data = tmp_path / "site"
-        make_dataset(data)
+        run = trained_run(tmp_path, "--epochs", "2", "--threshold-confidence", "0")
         env = pulmo_env(PULMO_DATA_DIR=str(tmp_path / "state"))
-        run = tmp_path / "run"
-        done = train_tiny(data, run, env, "--epochs", "2", "--threshold-confidence", "0")
-        assert done.returncode == 0, done.stdout + done.stderr
         model = run / "pulmoscreen_resnet50.npz"
         card = json.loads((run / "pulmoscreen_resnet50.card.json").read_text())
 
@@ -194,7 +195,7 @@ class TestRethreshold:
         assert json.loads((run / "pulmoscreen_resnet50.card.json").read_text()) == card
 
         # other data than the model was trained on: refused, nothing written
-        next(iter(sorted((data / "normal").glob("*.png")))).unlink()
+        next(iter(sorted((tmp_path / "site" / "normal").glob("*.png")))).unlink()
         done = rethreshold(tmp_path / "changed", "0.95")
         assert done.returncode != 0
         assert "do not give the splits the model was trained on" in done.stdout + done.stderr

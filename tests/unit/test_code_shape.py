@@ -34,3 +34,22 @@ class TestFunctionLength:
 
         monkeypatch.setattr(shape, "ROOT", tmp_path)
         assert shape.long_functions(("pkg",)) == ["pkg/m.py:5 long (61 lines)"]
+
+
+class TestLayersContract:
+    def test_every_core_module_is_in_the_bottom_layer(self):
+        """import-linter checks only the modules a layer names: a new module of the core that
+        is not listed could import a service unseen."""
+        import tomllib
+
+        config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+        [layers] = [c for c in config["contracts"] if c["type"] == "layers"]
+        listed = {name.strip() for name in layers["layers"][-1].split(":")}
+        core = {
+            f"pulmoscreen.{p.stem}"
+            for p in (ROOT / "pulmoscreen").iterdir()
+            if p.name != "__init__.py"
+            and p.name != "cli"
+            and (p.suffix == ".py" or (p / "__init__.py").exists())
+        }
+        assert core - listed == set(), "add these modules to the layers contract's last layer"

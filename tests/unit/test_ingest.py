@@ -18,6 +18,19 @@ def ingestor(drop, sqlite_url, sent):
     )
 
 
+def interrupted_at(monkeypatch, attribute: str, call) -> None:
+    """Run ``call`` with ``pulmoscreen.quarantine.<attribute>`` stopping it as a kill would."""
+    import pulmoscreen.quarantine as quarantine
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quarantine, attribute, killed)
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    monkeypatch.undo()
+
+
 def rows(ingestor):
     with ingestor.sessions() as session:
         return list(session.scalars(select(Image).order_by(Image.id)))
@@ -130,15 +143,7 @@ class TestScan:
         self, drop, ingestor, monkeypatch
     ):
         (drop / "junk.dcm").write_text("not dicom")
-        import pulmoscreen.quarantine as quarantine
-
-        def crash(*args, **kwargs):
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(quarantine, "quarantine_file", crash)
-        with pytest.raises(KeyboardInterrupt):
-            ingestor.scan_once()
-        monkeypatch.undo()
+        interrupted_at(monkeypatch, "quarantine_file", ingestor.scan_once)
         [row] = rows(ingestor)
         assert (row.status, row.reject_reason) == ("rejected", "not_dicom")
         assert row.stored_path.endswith("junk.dcm")  # names where the file still is
@@ -516,15 +521,7 @@ class TestQuarantineRepair:
         self, drop, ingestor, monkeypatch
     ):
         (drop / "junk.dcm").write_text("not dicom")
-        import pulmoscreen.quarantine as quarantine
-
-        def crash(*args, **kwargs):
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(quarantine, "record_stored_path", crash)
-        with pytest.raises(KeyboardInterrupt):
-            ingestor.scan_once()
-        monkeypatch.undo()
+        interrupted_at(monkeypatch, "record_stored_path", ingestor.scan_once)
         [row] = rows(ingestor)
         assert row.stored_path.endswith("/junk.dcm")  # the file moved, the row did not follow
         [moved] = [p for p in (drop / "quarantine").iterdir() if p.suffix == ".dcm"]
@@ -538,7 +535,6 @@ class TestQuarantineRepair:
     def test_a_worker_killed_between_its_rejection_and_the_move_is_finished_by_ingest(
         self, drop, ingestor, monkeypatch
     ):
-        import pulmoscreen.quarantine as quarantine
         from pulmoscreen.domain import RejectReason
         from worker import inference
 
@@ -546,22 +542,11 @@ class TestQuarantineRepair:
         [outcome] = ingestor.scan_once()
         [row] = rows(ingestor)
         stored = Path(row.stored_path)
-
-        def killed(*args, **kwargs):
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(quarantine, "quarantine_file", killed)
-        with pytest.raises(KeyboardInterrupt):
-            inference._reject(
-                ingestor.sessions,
-                outcome.image_id,
-                stored,
-                row.source_path,
-                RejectReason.DECODE_FAILED,
-                "bad pixels",
-                storage_root=None,
-            )
-        monkeypatch.undo()
+        reason = (RejectReason.DECODE_FAILED, "bad pixels")
+        args = (ingestor.sessions, outcome.image_id, stored, row.source_path, *reason)
+        interrupted_at(
+            monkeypatch, "quarantine_file", lambda: inference._reject(*args, storage_root=None)
+        )
         assert stored.exists()  # rejected in SQL, still in processed/
         assert ingestor.repair_quarantine() == 1
         [row] = rows(ingestor)

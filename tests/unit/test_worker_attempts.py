@@ -20,7 +20,7 @@ from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, ModelRow, PredictionRow, queries, session_factory
 from pulmoscreen.domain import LABELS, Prediction, RejectReason
 from pulmoscreen.model import ModelCard
-from tests.factories import make_cxr_dicom
+from tests.factories import add_model_row, make_cxr_dicom
 from worker import inference
 from worker.inference import predict_images
 
@@ -274,17 +274,7 @@ class TestResultsAndModels:
             path.unlink(missing_ok=True)
         upgrade_database(sqlite_url)
         with session_factory(sqlite_url).begin() as session:
-            session.add(
-                ModelRow(
-                    version="another",
-                    sha256="0" * 64,
-                    labels=[],
-                    thresholds={},
-                    card={},
-                    trained=True,
-                    active=True,
-                )
-            )
+            add_model_row(session, version="another")
         ids = ingest(drop, sqlite_url, 1, seed=61)
         predict_images(settings, ids, worker="w")
         with session_factory(sqlite_url)() as session:
