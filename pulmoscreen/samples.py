@@ -17,7 +17,8 @@ from pulmoscreen.synthetic import chest_phantom, make_cxr_dicom
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
 
 
-def _pydicom_data_file(name: str) -> Path | None:
+def pydicom_data_file(name: str) -> Path | None:
+    """A file of the ``pydicom-data`` package (a development dependency), or None without it."""
     try:
         from pydicom.data import get_testdata_file
 
@@ -39,7 +40,7 @@ def _real_chests(inbox: Path) -> list[str]:
     for path in sorted(SAMPLE_DATA.glob("*.dcm")):
         shutil.copyfile(path, inbox / f"real_chest_{path.name}")
     notes.append("real chest X-rays: NIH ChestX-ray14 and Kermany (CC BY 4.0), see ATTRIBUTION.md")
-    rg1 = _pydicom_data_file("RG1_UNCR.dcm")
+    rg1 = pydicom_data_file("RG1_UNCR.dcm")
     if rg1 is None:
         return [*notes, "RG1 not available (install pydicom-data): skipped"]
     shutil.copyfile(rg1, inbox / "real_chest_RG1_UNCR.dcm")
@@ -49,7 +50,7 @@ def _real_chests(inbox: Path) -> list[str]:
 
 def _content_cases(inbox: Path) -> list[str]:
     """Files whose headers say chest, frontal, CR, but whose pixels are not."""
-    rg1, rg3 = _pydicom_data_file("RG1_UNCR.dcm"), _pydicom_data_file("RG3_UNCR.dcm")
+    rg1, rg3 = pydicom_data_file("RG1_UNCR.dcm"), pydicom_data_file("RG3_UNCR.dcm")
     if rg1 is None or rg3 is None:
         return ["RG1/RG3 not available (install pydicom-data): no lying headers"]
     chest = _small(read_dicom(rg1).pixels)

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pulmoscreen.model import ContentCheck, ModelCard, card_path_for, predict_with_features
+from pulmoscreen.samples import pydicom_data_file
 from training.dataset import Sample, discover, split_samples
 from training.images import model_input_for
 
@@ -368,16 +369,6 @@ def write_check(model_path: Path, check: ContentCheck) -> ModelCard:
     return card
 
 
-def _testdata(name: str) -> Path | None:
-    try:
-        from pydicom.data import get_testdata_file
-
-        found = get_testdata_file(name)
-    except (ImportError, ValueError, OSError):
-        return None
-    return Path(found) if found else None
-
-
 # pydicom-data / pydicom test images that are no chest radiograph (never used to fit)
 NON_CHEST_TESTDATA = (
     "RG3_UNCR.dcm",  # CR, extremity
@@ -428,7 +419,7 @@ def negative_examples(spec: Any, config: FitConfig) -> tuple[list[NDArray[np.flo
     inputs: list[NDArray[np.float32]] = []
     used: list[str] = []
     for name in NEGATIVE_TESTDATA:
-        path = _testdata(name)
+        path = pydicom_data_file(name)
         if path is None:
             continue
         pixels = np.asarray(read_dicom(path, validate=False).pixels, dtype=np.float32)
@@ -462,7 +453,7 @@ def corpus_pixels(shared_dicom: Path | None) -> dict[str, tuple[str, NDArray[Any
 
     out: dict[str, tuple[str, NDArray[Any]]] = {}
     for name in NON_CHEST_TESTDATA + CHEST_TESTDATA:
-        path = _testdata(name)
+        path = pydicom_data_file(name)
         if path is not None:
             kind = "chest" if name in CHEST_TESTDATA else "not_chest"
             out[name] = (kind, read_dicom(path, validate=False).pixels)

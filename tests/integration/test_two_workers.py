@@ -7,20 +7,14 @@ from pulmoscreen.config import Settings
 from pulmoscreen.db import session_factory
 from pulmoscreen.queue import enqueue_images, make_celery
 from tests.factories import make_cxr_dicom
-from tests.integration.conftest import (
-    prediction_counts,
-    pulmo_env,
-    start_worker_process,
-    stop_processes,
-    wait_until,
-)
+from tests.integration import conftest as harness
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 class TestTwoWorkers:
     def test_share_one_queue(self, pg_url, redis_url, tiny_model_path, tmp_path):
-        env = pulmo_env(
+        env = harness.pulmo_env(
             PULMO_DATABASE_URL=pg_url,
             PULMO_BROKER_URL=redis_url,
             PULMO_MODEL_PATH=str(tiny_model_path),
@@ -32,9 +26,11 @@ class TestTwoWorkers:
         )
         app = make_celery(settings)
         sessions = session_factory(pg_url)
-        workers = [start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2)]
+        workers = [
+            harness.start_worker_process(f"w{i}", env, tmp_path / f"w{i}.log") for i in (1, 2)
+        ]
         try:
-            wait_until(
+            harness.wait_until(
                 lambda: len(app.control.ping(timeout=1.0)) == 2, timeout=180, what="2 workers"
             )
             drop = tmp_path / "inbox"
@@ -48,15 +44,15 @@ class TestTwoWorkers:
             )
             assert len(ingestor.scan_once()) == 60
 
-            wait_until(
-                lambda: prediction_counts(sessions)[0] == 0,
+            harness.wait_until(
+                lambda: harness.prediction_counts(sessions)[0] == 0,
                 timeout=300,
                 what="60 predictions",
                 logs=[tmp_path / "w1.log", tmp_path / "w2.log"],
             )
         finally:
-            stop_processes(workers)
-        _, per_image, by_worker = prediction_counts(sessions)
+            harness.stop_processes(workers)
+        _, per_image, by_worker = harness.prediction_counts(sessions)
         assert len(per_image) == 60
         assert {n for _, n in per_image} == {1}
         assert len(by_worker) == 2, by_worker

@@ -29,6 +29,19 @@ def worker_settings(pg_url, redis_url, tiny_model_path, tmp_path):
     )
 
 
+def worker_app(pg_url, redis_url, model_path, tmp_path):
+    """(sessions, Celery app) of a worker on the real PostgreSQL and Redis."""
+    return session_factory(pg_url), create_app(
+        worker_settings(pg_url, redis_url, model_path, tmp_path)
+    )
+
+
+def drop_ingestor(drop, sessions, tmp_path, app, **options):
+    """An ingestor of ``drop`` that takes files at once and sends their tasks to ``app``."""
+    options.setdefault("enqueue", lambda ids: enqueue_images(app, ids))
+    return Ingestor(drop, sessions=sessions, stable_seconds=0, storage_root=tmp_path, **options)
+
+
 def count(sessions, stmt):
     with sessions() as session:
         return session.scalar(stmt)
@@ -38,22 +51,14 @@ class TestBatchedInferenceTask:
     def test_each_image_predicted_once_even_when_sent_twice(
         self, pg_url, redis_url, tiny_model_path, tmp_path
     ):
-        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
-        sessions = session_factory(pg_url)
-        app = create_app(settings)
+        sessions, app = worker_app(pg_url, redis_url, tiny_model_path, tmp_path)
         drop = tmp_path / "inbox"
         for seed in range(10):
             make_cxr_dicom(drop, seed=100 + seed)
         broken = make_cxr_dicom(drop, seed=200, filename="broken.dcm")
         broken.write_bytes(broken.read_bytes()[:4000])
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
-            ingestor = Ingestor(
-                drop,
-                sessions=sessions,
-                stable_seconds=0,
-                storage_root=tmp_path,
-                enqueue=lambda ids: enqueue_images(app, ids),
-            )
+            ingestor = drop_ingestor(drop, sessions, tmp_path, app)
             ids = [o.image_id for o in ingestor.scan_once()]
             enqueue_images(app, ids)  # every message delivered twice
             queued = select(func.count()).select_from(Image).where(Image.status == "queued")
@@ -82,9 +87,7 @@ class TestLostTask:
     ):
         """The message never reaches Redis (as when a killed worker took it with it): the
         ingest sweep sends it again once the queue is empty, and a real worker predicts it."""
-        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
-        sessions = session_factory(pg_url)
-        app = create_app(settings)
+        sessions, app = worker_app(pg_url, redis_url, tiny_model_path, tmp_path)
         drop = tmp_path / "inbox"
         make_cxr_dicom(drop, seed=300)
         make_cxr_dicom(drop, seed=301)
@@ -123,9 +126,7 @@ class TestUnfinishedMove:
         """Ingest committed the row, then stopped before the move (disk full, killed): the
         task that arrives first must not give the study up; ingest's next scan finishes the
         move and sends it again, and it is predicted once."""
-        settings = worker_settings(pg_url, redis_url, tiny_model_path, tmp_path)
-        sessions = session_factory(pg_url)
-        app = create_app(settings)
+        sessions, app = worker_app(pg_url, redis_url, tiny_model_path, tmp_path)
         drop = tmp_path / "inbox"
         make_cxr_dicom(drop, seed=401, filename="a_warm_up.dcm")
         original = make_cxr_dicom(drop, seed=400, filename="b_study.dcm")
@@ -169,19 +170,11 @@ class TestWorkerFailure:
         from pulmoscreen.model import card_path_for
 
         later = tmp_path / "model" / "tiny.keras"
-        settings = worker_settings(pg_url, redis_url, later, tmp_path)
-        sessions = session_factory(pg_url)
-        app = create_app(settings)
+        sessions, app = worker_app(pg_url, redis_url, later, tmp_path)
         drop = tmp_path / "inbox"
         for seed in range(3):
             make_cxr_dicom(drop, seed=500 + seed)
-        ingestor = Ingestor(
-            drop,
-            sessions=sessions,
-            stable_seconds=0,
-            storage_root=tmp_path,
-            enqueue=lambda ids: enqueue_images(app, ids),
-        )
+        ingestor = drop_ingestor(drop, sessions, tmp_path, app)
         queued = select(func.count()).select_from(Image).where(Image.status == "queued")
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
             ids = [o.image_id for o in ingestor.scan_once()]
