@@ -60,7 +60,10 @@ def _summary_lines(s: DailySummary) -> list[str]:
     for m in s.models or ():
         limits = ", ".join(f"{k} ≥ {v:.2f}" for k, v in m.thresholds.items()) or "none"
         trained = "" if m.trained else " (UNTRAINED)"
-        lines.append(f"Model {m.version}{trained}: thresholds {limits}; {m.images} files")
+        source = m.calibration or "model card"
+        lines.append(
+            f"Model {m.version}{trained}: thresholds {limits} ({source}); {m.images} files"
+        )
     if not s.models:
         lines.append("Model: no results on this day")
     return lines

@@ -43,12 +43,14 @@ class FlaggedImage:
 
 @dataclass(frozen=True)
 class ModelUsed:
-    """A model that produced some of the day's results, with the thresholds it flagged by."""
+    """A model that produced some of the day's results, with the thresholds it flagged by and
+    the site calibration they came from (None: the model card's, or the configured override)."""
 
     version: str
     trained: bool
     thresholds: dict[str, float]
     images: int
+    calibration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,16 +163,28 @@ def _hourly(moments: pd.Series) -> tuple[int, ...]:
     return tuple(int(counts.get(hour, 0)) for hour in range(24))
 
 
+def _calibration(row: pd.Series) -> str | None:
+    """``site calibration 3 of 2026-12-03 by amina``, or None for the card's thresholds."""
+    if pd.isna(row["calibration_id"]):
+        return None
+    when = pd.Timestamp(row["calibrated_at"]).strftime("%Y-%m-%d")
+    return f"site calibration {int(row['calibration_id'])} of {when} by {row['calibrated_by']}"
+
+
 def _models(predicted: pd.DataFrame) -> tuple[ModelUsed, ...]:
+    """One entry per model and set of thresholds (a calibration applied during the day
+    splits a model's results in two)."""
     models = []
-    for version, group in predicted.groupby("model_version", sort=True):
+    calibration = predicted["calibration_id"].map(lambda v: -1 if pd.isna(v) else int(v))
+    for _, group in predicted.groupby([predicted["model_version"], calibration], sort=True):
         first = group.iloc[0]
         models.append(
             ModelUsed(
-                version=str(version),
+                version=str(first["model_version"]),
                 trained=bool(first["model_trained"]),
                 thresholds={k: float(v) for k, v in (first["thresholds"] or {}).items()},
                 images=len(group),
+                calibration=_calibration(first),
             )
         )
     return tuple(models)

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
+from pulmoscreen.db.calibrations import active_calibration
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from pulmoscreen.model import (
@@ -91,6 +92,38 @@ def model_row_id(database_url: str, card: ModelCard) -> int:
         return queries.model_id_for(session, card) or queries.register_model(session, card)
 
 
+def thresholds_in_force(
+    database_url: str, loaded: LoadedModel, *, overridden: bool
+) -> tuple[LoadedModel, int | None]:
+    """The served model with the thresholds that flag this batch, and the site calibration they
+    come from (None: the card's).
+
+    The site's active calibration for the served model replaces the card's thresholds, unless
+    ``PULMO_THRESHOLDS`` overrides both (``overridden``). Read at every batch, as the model's
+    row is: a calibration applied while a worker runs flags from its next batch on, with no
+    restart and no reload of the model (only the card's thresholds change).
+    """
+    if overridden:
+        return loaded, None
+    card = loaded.card
+    with session_factory(database_url)() as session:
+        found = active_calibration(session, version=card.version, sha256=card.sha256)
+    if found is None:
+        return loaded, None
+    calibrated = replace(card, thresholds={**card.thresholds, **found.thresholds})
+    return replace(loaded, card=calibrated), found.id
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What a batch is scored under: the model (with the thresholds in force), its row in
+    ``models`` and the site calibration that set the thresholds (None: the card's)."""
+
+    loaded: LoadedModel
+    calibration_id: int | None
+    model_id: int
+
+
 @dataclass(frozen=True)
 class _Todo:
     """One queued image this batch is to predict."""
@@ -124,7 +157,10 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
     """
     url = settings.resolved_database_url()
     loaded = served_for(settings)
-    model_id = model_row_id(url, loaded.card)
+    served = _Served(
+        *thresholds_in_force(url, loaded, overridden=bool(settings.thresholds)),
+        model_id=model_row_id(url, loaded.card),  # registered with the card's own thresholds
+    )
     factory = session_factory(url)
     with factory() as session:
         todo = [
@@ -139,7 +175,7 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
                 retry_detail=image.retry_detail,
                 sha256=image.sha256,
             )
-            for image in queries.images_to_predict(session, image_ids, model_id)
+            for image in queries.images_to_predict(session, image_ids, served.model_id)
         ]
     for item in todo:
         if item.attempts >= settings.max_attempts:
@@ -150,7 +186,7 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
     predicted = new = 0
     for group in ([fresh] if fresh else []) + [[item] for item in suspects]:
         n_predicted, n_new = _predict_group(
-            settings, factory, loaded, model_id, group, deferred=deferred, worker=worker
+            settings, factory, served, group, deferred=deferred, worker=worker
         )
         predicted += n_predicted
         new += n_new
@@ -162,8 +198,7 @@ def predict_images(settings: Settings, image_ids: list[int], *, worker: str | No
 def _predict_group(  # type: ignore[no-untyped-def]
     settings: Settings,
     factory,
-    loaded: LoadedModel,
-    model_id: int,
+    served: _Served,
     group: list[_Todo],
     *,
     deferred: list[int],
@@ -186,7 +221,7 @@ def _predict_group(  # type: ignore[no-untyped-def]
         settled.update(item.id for item in changed if _send_back(factory, item))
         chunks = iter_prepared(
             {image_id: by_id[image_id].path for image_id in seen},
-            loaded.card.preprocess,
+            served.loaded.card.preprocess,
             chunk=settings.infer_batch,
             threads=settings.decode_threads or None,
         )
@@ -197,8 +232,7 @@ def _predict_group(  # type: ignore[no-untyped-def]
             if ids:
                 done, n_new = _score_chunk(
                     factory,
-                    loaded,
-                    model_id,
+                    served,
                     [by_id[i] for i in ids],
                     inputs,
                     seen,
@@ -267,8 +301,7 @@ def _fail(  # type: ignore[no-untyped-def]
 
 def _score_chunk(  # type: ignore[no-untyped-def]
     factory,
-    loaded: LoadedModel,
-    model_id: int,
+    served: _Served,
     items: list[_Todo],
     inputs: NDArray[np.float32],
     seen: dict[int, os.stat_result | None],
@@ -284,6 +317,7 @@ def _score_chunk(  # type: ignore[no-untyped-def]
     handed_back = [
         item.id for k, item in enumerate(items) if not intact[k] and _send_back(factory, item)
     ]
+    loaded = served.loaded
     probs, content = _predict_chunk(loaded, inputs)
     passed = content.passed if content is not None else np.ones(len(ids), dtype=bool)
     results = [
@@ -297,7 +331,13 @@ def _score_chunk(  # type: ignore[no-untyped-def]
                 (i, float(x)) for i, x, kept in zip(ids, content.score, intact, strict=True) if kept
             ]
             queries.set_content_scores(session, scores)
-        new = queries.save_predictions(session, model_id=model_id, results=results, worker=worker)
+        new = queries.save_predictions(
+            session,
+            model_id=served.model_id,
+            results=results,
+            worker=worker,
+            calibration_id=served.calibration_id,
+        )
     for k in np.flatnonzero(~passed & intact):
         _refuse_content(factory, items[k], content, int(k), loaded, storage_root=storage_root)
     return [i for i, kept in zip(ids, intact, strict=True) if kept] + handed_back, new

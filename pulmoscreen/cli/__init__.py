@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import typer
 
-from pulmoscreen.cli import content_check, models, operations, screening
+from pulmoscreen.cli import calibration, content_check, models, operations, screening
 from pulmoscreen.cli.screening import (
     embedded_worker,
     make_ingestor,
@@ -39,6 +39,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "demo": screening.demo,
     "train": models.train,
     "rethreshold": models.rethreshold,
+    "calibrate": calibration.calibrate,
     "evaluate": models.evaluate,
     "export-openvino": models.export_openvino,
     "pack-data": models.pack_data,

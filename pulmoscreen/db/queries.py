@@ -345,8 +345,12 @@ def save_predictions(
     model_id: int,
     results: Sequence[tuple[int, Prediction]],
     worker: str | None,
+    calibration_id: int | None = None,
 ) -> int:
-    """Write predictions idempotently (one per image and model); returns how many were new."""
+    """Write predictions idempotently (one per image and model); returns how many were new.
+
+    ``calibration_id`` names the site calibration whose thresholds decided the flags (None:
+    the model card's, or the configured override's)."""
     if not results:
         return 0
     rows = [
@@ -360,6 +364,7 @@ def save_predictions(
             "abnormality_score": pred.abnormality_score,
             "flagged": pred.flagged,
             "worker": worker,
+            "calibration_id": calibration_id,
             "created_at": utcnow(),
         }
         for image_id, pred in results

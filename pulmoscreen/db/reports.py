@@ -18,6 +18,7 @@ from pulmoscreen.db.schema import (
     ModelRow,
     PredictionRow,
     ReportRow,
+    SiteCalibrationRow,
     SiteSettingsRow,
     SiteUtcOffsetRow,
     Study,
@@ -47,6 +48,9 @@ RECEIVED_COLUMNS: tuple[str, ...] = (
     "model_version",
     "model_trained",
     "thresholds",
+    "calibration_id",
+    "calibrated_at",
+    "calibrated_by",
 )
 
 
@@ -60,6 +64,8 @@ def received_files(session: Session, *, start: datetime, end: datetime) -> list[
     """Every file received in ``[start, end)`` with its study and latest prediction.
 
     Rows follow :data:`RECEIVED_COLUMNS`; files rejected at ingest have no study and no result.
+    ``thresholds`` are those in force for the result: the site calibration's (``calibration_id``)
+    over the model's.
     """
     latest = latest_prediction_id()
     stmt = (
@@ -85,14 +91,25 @@ def received_files(session: Session, *, start: datetime, end: datetime) -> list[
             ModelRow.version,
             ModelRow.trained,
             ModelRow.thresholds,
+            PredictionRow.calibration_id,
+            SiteCalibrationRow.created_at,
+            SiteCalibrationRow.created_by,
+            SiteCalibrationRow.thresholds,
         )
         .outerjoin(Study, Study.id == Image.study_id)
         .outerjoin(PredictionRow, PredictionRow.id == latest)
         .outerjoin(ModelRow, ModelRow.id == PredictionRow.model_id)
+        .outerjoin(SiteCalibrationRow, SiteCalibrationRow.id == PredictionRow.calibration_id)
         .where(Image.created_at >= _utc(start), Image.created_at < _utc(end))
         .order_by(Image.id)
     )
-    return [tuple(row) for row in session.execute(stmt)]
+    in_force = RECEIVED_COLUMNS.index("thresholds")
+    rows = []
+    for *row, calibrated in session.execute(stmt):
+        if calibrated:
+            row[in_force] = {**(row[in_force] or {}), **calibrated}
+        rows.append(tuple(row))
+    return rows
 
 
 def save_report(session: Session, values: dict[str, Any]) -> int:

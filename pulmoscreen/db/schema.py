@@ -121,7 +121,36 @@ class PredictionRow(Base):
     abnormality_score: Mapped[int] = mapped_column(Integer)
     flagged: Mapped[bool] = mapped_column(Boolean, index=True)
     worker: Mapped[str | None] = mapped_column(String(255))
+    # the site calibration whose thresholds decided ``flagged``; NULL: the model card's, or
+    # PULMO_THRESHOLDS'
+    calibration_id: Mapped[int | None] = mapped_column(ForeignKey("site_calibrations.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SiteCalibrationRow(Base):
+    """Flag thresholds chosen on a site's own labelled sample (``pulmoscreen calibrate
+    --apply``), for one model version. At most one per model is active; a newer one supersedes
+    it, and both stay."""
+
+    __tablename__ = "site_calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(128), index=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    target_sensitivity: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(Text)
+    # per label, the number of sample images (e.g. {"normal": 60, "tuberculosis": 60})
+    sample_counts: Mapped[dict[str, int]] = mapped_column(JSON)
+    # per calibrated disease: AUC and its 95 % interval, sensitivity and specificity there
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sample_source: Mapped[str] = mapped_column(Text)
+    report_path: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ReportRow(Base):
