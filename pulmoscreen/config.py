@@ -239,9 +239,9 @@ class Settings(BaseSettings):
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="JSON flag thresholds that override the model card's, e.g. "
-        '{"tuberculosis": 0.4}: an image is flagged when a disease\'s probability '
-        "reaches its threshold.",
+        description="JSON flag thresholds that override the model card's and the active site "
+        'calibration\'s (`pulmoscreen calibrate --apply`), e.g. {"tuberculosis": 0.4}: an '
+        "image is flagged when a disease's probability reaches its threshold.",
     )
     inference_backend: Literal["auto", "keras", "openvino"] = Field(
         "auto",
