@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-content bench-report docs wheel-test clean
+.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-ingest bench-content bench-report docs wheel-test clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-model: install
 
 bench-inference: install
 	$(BIN)/python benchmarks/inference.py
+
+bench-ingest: install
+	$(BIN)/python benchmarks/header_scan.py
 
 bench-content: install
 	$(BIN)/python benchmarks/content_check.py

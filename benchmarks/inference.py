@@ -15,8 +15,10 @@ Usage::
 
     python benchmarks/inference.py [--images 500] [--memory-images 5000] [--corpus DIR]
 
-The corpus is generated once into ``--corpus`` (default ``var/bench-corpus``) and reused. The
-last lines are ``ratio openvino/keras: <x>`` and ``ratio e2e/model-only: <x>``.
+The corpus is generated once into ``--corpus`` (default ``var/bench-corpus``) and reused. Before
+the end-to-end run, ``--decode-images`` of its images are decoded to the model's pixels three
+ways side by side (full resolution, reduced, reduced with JPEG 2000 levels left out). The last
+lines are ``ratio openvino/keras: <x>`` and ``ratio e2e/model-only: <x>``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,27 @@ def backend_table(settings: Settings, batches: list[int], repeats: int) -> dict[
     return best
 
 
+def decode_rates(files: list[Path], size: int) -> dict[str, float]:
+    """Images per second, one thread, of the three ways to the model's pixels on ``files``,
+    taken in turn image by image so machine noise hits them alike: full resolution then
+    resize, the reduced decode, and the reduced decode with JPEG 2000 wavelet levels left out."""
+    from pulmoscreen.imaging import read_dicom
+    from pulmoscreen.imaging.preprocess import shrink_stored
+
+    ways = {
+        "full": lambda path: shrink_stored(read_dicom(path).pixels, size),
+        "reduced": lambda path: read_dicom(path, size=size).pixels,
+        "reduced, j2k levels": lambda path: read_dicom(path, size=size, j2k_reduced=True).pixels,
+    }
+    spent = dict.fromkeys(ways, 0.0)
+    for path in files:
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way(path)
+            spent[name] += time.perf_counter() - start
+    return {name: len(files) / seconds for name, seconds in spent.items()}
+
+
 def end_to_end(settings: Settings, files: list[Path]) -> float:
     """Drop folder -> SQL rows through ingest and the real Celery task (``screen_folder``, as
     ``pulmoscreen screen`` runs it); images per second."""
@@ -180,6 +203,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batches", default="1,8,16,32,64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--corpus", type=Path, default=Path("var/bench-corpus"))
+    parser.add_argument(
+        "--decode-images", type=int, default=50, help="corpus images of the decode comparison"
+    )
+    parser.add_argument(
+        "--j2k-reduced", action="store_true", help="end to end with PULMO_J2K_REDUCED_DECODE on"
+    )
     return parser.parse_args()
 
 
@@ -245,6 +274,16 @@ def main() -> None:
     side = args.memory_side
     small = realistic_corpus(args.corpus / f"side-{side}", args.memory_files, (side, side))
     print(f"corpus: {len(files)} DICOMs in {args.corpus} ({time.perf_counter() - t:.0f}s)")
+    from worker.inference import served_preprocess_spec
+
+    size = served_preprocess_spec(base.resolved_model_path()).size
+    rates = decode_rates(files[: args.decode_images], size)
+    for name, rate in rates.items():
+        print(f"decode to model pixels, {name}: {rate:.1f} img/s (1 thread)")
+    print(f"ratio decode reduced/full: {rates['reduced'] / rates['full']:.2f}")
+    j2k_ratio = rates["reduced, j2k levels"] / rates["full"]
+    print(f"ratio decode reduced with j2k levels/full: {j2k_ratio:.2f}")
+    base = base.model_copy(update={"j2k_reduced_decode": args.j2k_reduced})
     served_rate, e2e = served_and_e2e(base, files[: args.images], args.repeats)
     print_memory(base, small, args.memory_images)
 

@@ -263,6 +263,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Threads decoding and preprocessing images beside inference; 0: one per CPU.",
     )
+    j2k_reduced_decode: bool = Field(
+        False,
+        description="Decode JPEG 2000 images only down to the coarsest wavelet resolution at "
+        "least twice the model's input side (about 1/50 of the work on 2.5k px images). The "
+        "wavelet's low band is not an area average: the model input then differs from the full "
+        "decode's by up to about 30/255 at the 99th percentile of pixels "
+        "(docs/performance.md). Off: full decode, identical input.",
+    )
     task_time_limit: int = Field(
         600,
         description="Hard time limit of one inference batch, seconds; its soft limit is 30 s "

@@ -224,6 +224,7 @@ def _predict_group(  # type: ignore[no-untyped-def]
             served.loaded.card.preprocess,
             chunk=settings.infer_batch,
             threads=settings.decode_threads or None,
+            j2k_reduced=settings.j2k_reduced_decode,
         )
         for ids, inputs, failures in chunks:
             for image_id, reason, detail, retry in failures:
@@ -482,7 +483,7 @@ Failure = tuple[int, RejectReason, str, bool]
 
 
 def _prepare_one(
-    path: Path, spec: PreprocessSpec
+    path: Path, spec: PreprocessSpec, *, j2k_reduced: bool = False
 ) -> NDArray[np.float32] | tuple[RejectReason, str, bool] | None:
     """One file's model input, why it cannot have one, or None when the file is not in place
     yet: ingest commits the row before it moves the file, and finishes an interrupted move
@@ -491,9 +492,13 @@ def _prepare_one(
     Only a coded rejection of the file's content is final. A read error (``EIO``/``ESTALE`` of
     a network filesystem), memory exhausted, a decoder killed or timed out, or an error nobody
     foresaw may pass: the image is tried again, up to its last attempt.
+
+    Only the resolution the model needs is decoded (``read_dicom``'s ``size``): the same input
+    as from full-resolution pixels (``tests/unit/test_decode_parity.py``).
     """
     try:
-        return to_model_input(read_dicom(path).pixels, spec)
+        image = read_dicom(path, size=spec.size, j2k_reduced=j2k_reduced)
+        return to_model_input(image.pixels, spec)
     except Rejected as exc:
         return exc.reason, exc.detail, exc.retry
     except FileNotFoundError:
@@ -512,7 +517,12 @@ def _stack(inputs: list[NDArray[np.float32]], spec: PreprocessSpec) -> NDArray[n
 
 
 def iter_prepared(
-    paths: dict[int, Path], spec: PreprocessSpec, *, chunk: int, threads: int | None = None
+    paths: dict[int, Path],
+    spec: PreprocessSpec,
+    *,
+    chunk: int,
+    threads: int | None = None,
+    j2k_reduced: bool = False,
 ) -> Iterator[tuple[list[int], NDArray[np.float32], list[Failure]]]:
     """Decode and preprocess ``paths`` on a thread pool, yielding chunks of ``chunk`` good
     inputs (in order) with the failures seen since the last chunk.
@@ -523,7 +533,7 @@ def iter_prepared(
     """
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         items = list(paths.items())
-        outputs = pool.map(lambda item: _prepare_one(item[1], spec), items)
+        outputs = pool.map(lambda item: _prepare_one(item[1], spec, j2k_reduced=j2k_reduced), items)
         ids: list[int] = []
         inputs: list[NDArray[np.float32]] = []
         failures: list[Failure] = []

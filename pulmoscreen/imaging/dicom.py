@@ -41,6 +41,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import cv2
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
@@ -59,6 +60,7 @@ from pydicom.uid import (
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.integrity import check_pixel_data
 from pulmoscreen.imaging.isolation import DecoderError, decode_isolated
+from pulmoscreen.imaging.preprocess import shrink_stored
 
 CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})
 CHEST_BODY_PART_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULMO")
@@ -368,12 +370,13 @@ def check_decodable(meta: DicomMeta) -> None:
         )
 
 
-def _check_integrity(fh: BinaryIO, ds: Dataset) -> None:
-    """Pixel data present and complete; ``fh`` must be where the header read stopped."""
+def _check_integrity(fh: BinaryIO, ds: Dataset) -> int | None:
+    """Pixel data present and complete; ``fh`` must be where the header read stopped. Returns
+    the file offset of native pixel values (None: encapsulated, deflated or unusual)."""
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return  # pydicom inflated the data set in memory: file offsets mean nothing here
+        return None  # pydicom inflated the data set in memory: file offsets mean nothing here
     try:
-        check_pixel_data(fh, ds, file_size=os.fstat(fh.fileno()).st_size)
+        return check_pixel_data(fh, ds, file_size=os.fstat(fh.fileno()).st_size)
     except (Rejected, OSError):
         raise
     except Exception as exc:  # a malformed Image Pixel module
@@ -476,10 +479,125 @@ def _decode_native(fh: BinaryIO) -> NDArray[Any]:
         raise Rejected(reason, f"pixel data cannot be decoded: {exc!s:.300}") from exc
 
 
-def _decode_encapsulated(path: Path) -> NDArray[Any]:
+def _map_native(fh: BinaryIO, ds: Dataset, offset: int | None) -> NDArray[Any] | None:
+    """The first frame's stored values mapped from the file (no read into a buffer, no copy),
+    bits above BitsStored dropped; None when pydicom must read them (big endian, deflated,
+    samples of other than 8 or 16 bits, colour)."""
+    _, little = ds.original_encoding
+    bits = int(ds.get("BitsAllocated") or 0)
+    if offset is None or little is False or bits not in (8, 16):
+        return None
+    if int(ds.get("SamplesPerPixel") or 1) != 1:
+        return None
+    # (0028,0103) PixelRepresentation 1: two's complement samples.
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    raw = np.memmap(
+        fh,
+        dtype=f"<{'i' if signed else 'u'}{bits // 8}",
+        mode="r",
+        offset=offset,
+        shape=(int(ds.Rows), int(ds.Columns)),
+    )
+    # (0028,0101) BitsStored: the bits above may hold overlays; pydicom drops them and
+    # sign-extends signed values from BitsStored, and so does this.
+    spare = bits - int(ds.get("BitsStored") or bits)
+    if spare <= 0:
+        return raw
+    return (raw << spare) >> spare if signed else raw & ((1 << (bits - spare)) - 1)
+
+
+def _modality_range(ds: Dataset, stored: NDArray[Any]) -> tuple[float, float]:
+    """The lowest and highest modality value of the image ((0028,1052/1053) Rescale)."""
+    low, high, _, _ = cv2.minMaxLoc(stored)
+    slope = _first_number(ds, "RescaleSlope") or 1.0
+    intercept = _first_number(ds, "RescaleIntercept") or 0.0
+    ends = sorted((low * slope + intercept, high * slope + intercept))
+    return ends[0], ends[1]
+
+
+def _affine_luts(ds: Dataset, stored: NDArray[Any]) -> bool:
+    """Whether the Modality LUT, VOI and MONOCHROME1 map every stored value of this image by one
+    affine function, so they give the same pixels after an area resize as before it.
+
+    Not so for (0028,3000) ModalityLUTSequence and (0028,3010) VOILUTSequence (tables indexed by
+    whole values, which averages are not), a SIGMOID or one-wide window, or a window that clips
+    some of the image's values. Nor, in effect, with (0028,0101) BitsStored of 8 or less: the
+    averages then fall on exact halves of a grey level, where the rounding before CLAHE breaks
+    ties by float noise and CLAHE turns a one-level change into up to 28 (nih_normal_1.dcm).
+    """
+    if stored.ndim == 3:
+        return True  # colour: luminance, then the image's own range, both linear
+    if ds.get("ModalityLUTSequence") or ds.get("VOILUTSequence"):
+        return False
+    if int(ds.get("BitsStored") or 8) <= 8:
+        return False
+    center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
+    if center is None or width is None:
+        return True  # the image's own range
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        return False
+    low, high = _modality_range(ds, stored)
+    if function == "LINEAR_EXACT" and width > 0:
+        return center - width / 2 <= low and high <= center + width / 2
+    if width > 1:
+        half = (width - 1) / 2
+        return center - 0.5 - half <= low and high <= center - 0.5 + half
+    return width < 1  # below 1 the window is ignored; exactly 1 is a threshold
+
+
+def display_pixels(
+    ds: Dataset, stored: NDArray[Any], *, size: int | None = None
+) -> NDArray[np.float32]:
+    """:func:`to_display`, or with ``size`` its pixels area-resized to ``size`` x ``size``.
+
+    The resize comes before the LUTs when they are affine over this image (``_affine_luts``):
+    the same pixels, from ``size**2`` values instead of millions. Otherwise after them.
+
+    Raises:
+        Rejected: ``decode_failed`` for a LUT that cannot be applied.
+    """
+    try:
+        if size is None:
+            return to_display(ds, stored)
+        if _affine_luts(ds, stored):
+            return to_display(ds, shrink_stored(stored, size))
+        return shrink_stored(to_display(ds, stored), size)
+    except Rejected:
+        raise
+    except Exception as exc:  # a malformed LUT: the image cannot be shown as intended
+        raise Rejected(RejectReason.DECODE_FAILED, f"LUT cannot be applied: {exc!s:.300}") from exc
+
+
+def _read_pixels(
+    path: Path,
+    fh: BinaryIO,
+    ds: Dataset,
+    *,
+    offset: int | None,
+    frames: int,
+    size: int | None,
+    j2k_reduced: bool,
+) -> NDArray[np.float32]:
+    """The first frame's display pixels, at full resolution or at ``size`` x ``size``."""
+    if UID(ds.file_meta.TransferSyntaxUID).is_encapsulated:
+        j2k_min_side = 2 * size if size is not None and j2k_reduced else None
+        decoded = _decode_encapsulated(path, size=size, j2k_min_side=j2k_min_side)
+        if size is not None:
+            return _first_frame(decoded, frames=1)  # display pixels, made in the helper
+        stored = _first_frame(decoded, frames=frames)
+    else:
+        mapped = _map_native(fh, ds, offset) if size is not None else None
+        stored = mapped if mapped is not None else _first_frame(_decode_native(fh), frames=frames)
+    return display_pixels(ds, stored, size=size)
+
+
+def _decode_encapsulated(
+    path: Path, *, size: int | None = None, j2k_min_side: int | None = None
+) -> NDArray[Any]:
     """Compressed pixel data, decoded in the helper process (see ``isolation``)."""
     try:
-        return decode_isolated(path)
+        return decode_isolated(path, size=size, j2k_min_side=j2k_min_side)
     except DecoderError as exc:
         what = "the decoder crashed" if exc.crashed else "pixel data cannot be decoded"
         # A crash or a hang may be the machine's (the OOM killer, a loaded host), not the file's.
@@ -496,7 +614,9 @@ def _first_frame(stored: NDArray[Any], *, frames: int) -> NDArray[Any]:
     return stored
 
 
-def read_dicom(path: Path, *, validate: bool = True) -> DicomImage:
+def read_dicom(
+    path: Path, *, validate: bool = True, size: int | None = None, j2k_reduced: bool = False
+) -> DicomImage:
     """Read, validate and decode a chest radiograph into display pixels.
 
     Args:
@@ -504,6 +624,16 @@ def read_dicom(path: Path, *, validate: bool = True) -> DicomImage:
         validate: False skips the screening rules (UIDs, modality, body part, view, frames,
             minimum size) to look at any image, e.g. a codec test file; the size limit, the
             decoder and pixel data checks still apply. A multi-frame image gives its first frame.
+        size: None gives the pixels at full resolution (previews, training, the reference).
+            A side in pixels gives them area-resized to ``size`` x ``size``, the geometry of
+            ``to_model_input`` for a ``PreprocessSpec`` of that size. Native data is read
+            through a memory map, compressed data decoded and resized in the helper process;
+            the stored values are resized before the LUTs whenever that gives the same pixels
+            (:func:`display_pixels`).
+        j2k_reduced: with ``size``, JPEG 2000 is decoded only down to the coarsest wavelet
+            resolution whose shorter side is at least ``2 * size`` (a small share of the full
+            decode's work). The wavelet's low band is not an area average: the model input
+            moves by more grey levels than the other paths' (docs/performance.md).
 
     Raises:
         Rejected: invalid header (see module docstring) or pixel data that cannot be decoded.
@@ -515,17 +645,10 @@ def read_dicom(path: Path, *, validate: bool = True) -> DicomImage:
         else:
             check_size(meta, frames=frames)
             check_decodable(meta)
-        _check_integrity(fh, header)
-        if UID(header.file_meta.TransferSyntaxUID).is_encapsulated:
-            stored = _decode_encapsulated(path)
-        else:
-            stored = _decode_native(fh)
-    try:
-        pixels = to_display(header, _first_frame(stored, frames=frames))
-    except Rejected:
-        raise
-    except Exception as exc:  # a malformed LUT: the image cannot be shown as intended
-        raise Rejected(RejectReason.DECODE_FAILED, f"LUT cannot be applied: {exc!s:.300}") from exc
+        offset = _check_integrity(fh, header)
+        pixels = _read_pixels(
+            path, fh, header, offset=offset, frames=frames, size=size, j2k_reduced=j2k_reduced
+        )
     return DicomImage(pixels=pixels, meta=meta)
 
 

@@ -55,13 +55,18 @@ def _element_header(fh: BinaryIO, *, implicit: bool, little: bool) -> tuple[int,
     return tag, struct.unpack(f"{order}H", head[6:])[0], start + 8
 
 
-def check_pixel_data(fh: BinaryIO, ds: Dataset, *, file_size: int) -> None:
+def check_pixel_data(fh: BinaryIO, ds: Dataset, *, file_size: int) -> int | None:
     """Reject a file whose pixel data is missing, cut off, or not the size its header says.
 
     Args:
         fh: the open file, positioned at the PixelData element (or at its end when there is none).
         ds: the header read so far, with its original encoding.
         file_size: size of the file in bytes.
+
+    Returns:
+        The file offset of native pixel values (complete, as the header describes them), so
+        a reader can map them without parsing again; None for encapsulated data or a layout
+        this check does not follow.
 
     Raises:
         Rejected: ``no_pixel_data``, ``truncated`` (the file ends before its pixel data does)
@@ -70,10 +75,10 @@ def check_pixel_data(fh: BinaryIO, ds: Dataset, *, file_size: int) -> None:
     implicit, little = ds.original_encoding
     tag, length, offset = _element_header(fh, implicit=bool(implicit), little=little is not False)
     if tag != PIXEL_DATA_TAG:
-        return  # float pixel data or an unusual layout: the decoder decides
+        return None  # float pixel data or an unusual layout: the decoder decides
     if length == UNDEFINED_LENGTH:
         _check_fragments(fh, ds, offset=offset, file_size=file_size)
-        return
+        return None
     if length == 0:
         raise Rejected(RejectReason.NO_PIXEL_DATA, "(7FE0,0010) PixelData is empty")
     if offset + length > file_size:
@@ -86,6 +91,7 @@ def check_pixel_data(fh: BinaryIO, ds: Dataset, *, file_size: int) -> None:
             f"(7FE0,0010) PixelData holds {length} bytes; the image the header describes "
             f"needs {needed}",
         )
+    return offset if needed is not None else None
 
 
 def _native_length(ds: Dataset) -> int | None:

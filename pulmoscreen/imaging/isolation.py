@@ -9,7 +9,9 @@ or hangs, that image is rejected (``decode_failed``), the helper is restarted fo
 and the worker goes on.
 
 The channel is a pair of pipes carrying length-prefixed pickles between this process and its own
-helper: a file path in, ``(True, stored pixel array)`` or ``(False, error text)`` out.
+helper: a request in (the file path, and how far to decode: see :func:`decode_isolated`),
+``(True, stored pixel array)`` or ``(False, error text)`` out. An image decoded for the model
+is resized in the helper, so only its small array crosses the pipe.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from numpy.typing import NDArray
 
 DECODE_TIMEOUT_S = 120.0
 _HEADER = struct.Struct("<Q")
+# (path, size, j2k_min_side): what the helper is asked to decode, see decode_isolated
+_Request = tuple[str, int | None, int | None]
 
 
 class DecoderError(RuntimeError):
@@ -97,11 +101,11 @@ class _Helper:
             proc.kill()
             proc.wait(timeout=10)
 
-    def decode(self, path: Path, *, timeout: float) -> NDArray[Any]:
+    def decode(self, request: _Request, *, timeout: float) -> NDArray[Any]:
         with self._lock:
             proc = self._ensure()
             try:
-                ok, payload = self._ask(proc, str(path), timeout=timeout)
+                ok, payload = self._ask(proc, request, timeout=timeout)
             except (EOFError, OSError, pickle.UnpicklingError) as exc:
                 self.stop(grace_s=5.0)
                 raise DecoderError(f"decoder process died ({_how(proc)})", crashed=True) from exc
@@ -109,11 +113,11 @@ class _Helper:
             raise DecoderError(str(payload))
         return np.asarray(payload)
 
-    def _ask(self, proc: subprocess.Popen[bytes], path: str, *, timeout: float) -> Any:
+    def _ask(self, proc: subprocess.Popen[bytes], request: _Request, *, timeout: float) -> Any:
         stdin, stdout = proc.stdin, proc.stdout
         if stdin is None or stdout is None:
             raise OSError("helper pipes are closed")
-        _send(stdin, path)
+        _send(stdin, request)
         ready, _, _ = select.select([stdout], [], [], timeout)
         if not ready:
             self.stop()
@@ -145,10 +149,10 @@ class _HelperPool:
                 return helper
         return self._idle.get()
 
-    def decode(self, path: Path, *, timeout: float) -> NDArray[Any]:
+    def decode(self, request: _Request, *, timeout: float) -> NDArray[Any]:
         helper = self._take()
         try:
-            return helper.decode(path, timeout=timeout)
+            return helper.decode(request, timeout=timeout)
         finally:
             self._idle.put(helper)
 
@@ -179,43 +183,66 @@ def stop_decoders() -> None:
         pool.stop()
 
 
-def decode_isolated(path: Path, *, timeout: float = DECODE_TIMEOUT_S) -> NDArray[Any]:
-    """Stored pixel values of ``path`` (all frames), decoded in a helper process.
+def decode_isolated(
+    path: Path,
+    *,
+    size: int | None = None,
+    j2k_min_side: int | None = None,
+    timeout: float = DECODE_TIMEOUT_S,
+) -> NDArray[Any]:
+    """Pixels of ``path``, decoded in a helper process.
 
     Thread-safe: each calling thread gets a helper of its own (up to one per CPU).
+
+    Args:
+        path: the DICOM file.
+        size: None gives every frame's stored values at full resolution; a side gives the
+            first frame's display pixels at ``size`` x ``size`` (``dicom.display_pixels``),
+            made in the helper.
+        j2k_min_side: with ``size``, JPEG 2000 is decoded only down to the coarsest wavelet
+            resolution whose shorter side is still at least this (``j2k.reduced_first_frame``).
+        timeout: seconds the helper may take.
 
     Raises:
         DecoderError: no decoder could decode the data, or the decoder crashed or hung.
     """
-    return decoder_pool().decode(path, timeout=timeout)
+    return decoder_pool().decode((str(path), size, j2k_min_side), timeout=timeout)
 
 
-def _decode_file(path: str) -> NDArray[Any]:
+def _decode_file(path: str, size: int | None, j2k_min_side: int | None) -> NDArray[Any]:
     import pydicom
 
     from pulmoscreen.imaging.codecs import register_decoders
-    from pulmoscreen.imaging.dicom import configure_pydicom
+    from pulmoscreen.imaging.dicom import configure_pydicom, display_pixels
+    from pulmoscreen.imaging.j2k import reduced_first_frame
 
     configure_pydicom()
     register_decoders()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as fh:
         ds = pydicom.dcmread(fh, force=True)
-    return np.asarray(ds.pixel_array)
+    if size is None:
+        return np.asarray(ds.pixel_array)
+    stored = reduced_first_frame(ds, min_side=j2k_min_side) if j2k_min_side else None
+    if stored is None:
+        stored = np.asarray(ds.pixel_array)
+        if int(ds.get("NumberOfFrames") or 1) > 1:
+            stored = stored[0]
+    return display_pixels(ds, stored, size=size)
 
 
 def serve() -> None:
-    """The helper's loop: path in, pixels (or the error's text) out, until the pipe closes."""
+    """The helper's loop: request in, pixels (or the error's text) out, until the pipe closes."""
     channel_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a library that prints must not write into the channel
     channel_in = sys.stdin.buffer
     while True:
         try:
-            path = _recv(channel_in)
+            path, size, j2k_min_side = _recv(channel_in)
         except EOFError:
             return
         try:
-            reply: tuple[bool, object] = (True, _decode_file(path))
+            reply: tuple[bool, object] = (True, _decode_file(path, size, j2k_min_side))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a Rust decoder's panic is a BaseException: report it too

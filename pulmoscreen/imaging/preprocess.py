@@ -63,6 +63,21 @@ def resize_grey(pixels: NDArray[Any], size: int) -> NDArray[np.float32]:
     return np.asarray(cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA))
 
 
+def shrink_stored(values: NDArray[Any], size: int) -> NDArray[np.float32]:
+    """Stored (or display) values -> ``(size, size)`` float32 by area resize: the geometry of
+    :func:`to_model_input`, with one conversion to float32. A colour image keeps its channels.
+
+    Area averaging is linear, so a rescale (Modality LUT), a window that does not clip, and
+    MONOCHROME1's inversion give the same pixels applied after it as before: a reader can
+    shrink what it decoded first and apply the LUTs to ``size**2`` values instead of millions
+    (``tests/unit/test_decode_parity.py`` measures the difference on real images).
+    """
+    if values.ndim not in (2, 3) or min(values.shape[:2]) < 1:
+        raise ValueError(f"expected a 2-D image, got shape {values.shape}")
+    floats = values.astype(np.float32, copy=False)
+    return np.asarray(cv2.resize(floats, (size, size), interpolation=cv2.INTER_AREA))
+
+
 def normalize_grey(small: NDArray[np.float32], spec: PreprocessSpec) -> NDArray[np.float32]:
     """A resized grey plane -> 0..255 float32: percentile clip, then ``spec.equalize``."""
     lo, hi = np.percentile(small, spec.clip_percentiles)

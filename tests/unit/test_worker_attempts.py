@@ -60,10 +60,10 @@ def _die_on(poison: str, sqlite_url: str, model: str, ids: list[int], max_attemp
 
     real = worker_inference.read_dicom
 
-    def read(path: Path):  # type: ignore[no-untyped-def]
+    def read(path: Path, **options: object):  # type: ignore[no-untyped-def]
         if Path(path).name.endswith(poison):
             os._exit(137)
-        return real(path)
+        return real(path, **options)
 
     worker_inference.read_dicom = read  # type: ignore[assignment]
     predict_images(
@@ -130,11 +130,11 @@ class TestTemporaryFailure:
     def eio_reader(self, monkeypatch, failing: set[str], times: list[int]):
         real = inference.read_dicom
 
-        def read(path: Path):  # type: ignore[no-untyped-def]
+        def read(path: Path, **options: object):  # type: ignore[no-untyped-def]
             if Path(path).name in failing and times[0] > 0:
                 times[0] -= 1
                 raise OSError(errno.EIO, "Input/output error", str(path))
-            return real(path)
+            return real(path, **options)
 
         monkeypatch.setattr(inference, "read_dicom", read)
 
@@ -297,7 +297,7 @@ class TestReExport:
         [first] = ingestor.scan_once()
         real = inference.read_dicom
 
-        def eio(path: Path):  # type: ignore[no-untyped-def]
+        def eio(path: Path, **_: object):  # type: ignore[no-untyped-def]
             raise OSError(errno.ESTALE, "Stale file handle", str(path))
 
         monkeypatch.setattr(inference, "read_dicom", eio)
@@ -383,8 +383,8 @@ class TestFileChangedSinceIngest:
         [image_id] = ingest(drop, sqlite_url, 1, seed=96)
         real = inference.read_dicom
 
-        def read_then_rewritten(path: Path):  # type: ignore[no-untyped-def]
-            image = real(path)
+        def read_then_rewritten(path: Path, **options: object):  # type: ignore[no-untyped-def]
+            image = real(path, **options)
             self.rewrite(Path(path), seed=96, patient="CORRECTED")
             return image
 
