@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import platform
 import shutil
@@ -176,7 +175,9 @@ def worker_memory(settings: Settings, files: list[Path], total: int) -> tuple[fl
                     meta=meta,
                     source_path=str(path),
                     stored_path=str(path),
-                    sha256=hashlib.sha256(f"{digest}{k}".encode()).hexdigest(),
+                    # the file's own digest: the worker scores a file only if it still
+                    # holds what was registered (a made-up one is handed back to ingest)
+                    sha256=digest,
                     size_bytes=path.stat().st_size,
                 )
             )

@@ -1,7 +1,8 @@
 """Count how often ingest has re-sent an image's task.
 
-An image whose task keeps disappearing (a file that crashes every worker that decodes it) would
-otherwise be re-sent for ever; after ``PULMO_MAX_RESENDS`` re-sends it is quarantined instead.
+An image whose task keeps disappearing (a file that crashes every worker that decodes it) is
+re-sent by ingest's sweep; the count says how often. Such a file is quarantined by the worker's
+attempt count (``PULMO_MAX_ATTEMPTS``, migration 0005).
 
 Revision ID: 0004
 Revises: 0003
