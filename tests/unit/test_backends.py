@@ -165,7 +165,13 @@ class TestDecodePipeline:
 
         paths = {i: make_cxr_dicom(tmp_path, seed=i, rows=320, cols=256) for i in range(6)}
         got = np.concatenate([x for _, x, _ in iter_prepared(paths, TINY_SPEC, chunk=4)])
-        want = np.stack([to_model_input(read_dicom(p).pixels, TINY_SPEC) for p in paths.values()])
+        # one at a time, read as the worker reads (at the model's size)
+        want = np.stack(
+            [
+                to_model_input(read_dicom(p, size=TINY_SPEC.size).pixels, TINY_SPEC)
+                for p in paths.values()
+            ]
+        )
         np.testing.assert_array_equal(got, want)
 
 
