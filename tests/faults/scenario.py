@@ -187,3 +187,19 @@ def standard_scenario(
     return Scenario(
         name, pipeline, corpus, results, Sender(corpus, pipeline.drop, **(sender or {}))
     )
+
+
+def outage(
+    stop: Callable[[Pipeline], object], start: Callable[[Pipeline], object], *, seconds: float = 8.0
+) -> Callable[[Scenario], None]:
+    """A fault that stops a service halfway through the run, keeps it down ``seconds``, starts
+    it again and waits until the backlog has cleared."""
+
+    def inject(run: Scenario) -> None:
+        run.wait_midway()
+        stop(run.pipeline)
+        time.sleep(seconds)
+        start(run.pipeline)
+        run.cleared()
+
+    return inject

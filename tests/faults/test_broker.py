@@ -3,15 +3,11 @@ Redis that keeps nothing on disk (every queued and unacknowledged message is gon
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from tests.faults.scenario import Scenario, standard_scenario
+from tests.faults.scenario import outage, standard_scenario
 
 pytestmark = [pytest.mark.faults]
-
-OUTAGE_SECONDS = 8.0
 
 
 class TestControl:
@@ -23,32 +19,13 @@ class TestControl:
 class TestRedis:
     def test_stopped_and_started(self, deploy, fault_results, tmp_path):
         run = standard_scenario("Redis stopped, started", deploy, fault_results, tmp_path)
-
-        def inject(run: Scenario) -> None:
-            run.wait_midway()
-            redis = run.pipeline.redis
-            redis.shutdown()  # appendonly: what it held is on disk
-            time.sleep(OUTAGE_SECONDS)
-            redis.start()
-            run.cleared()
-
+        # appendonly: what Redis held is on disk
+        inject = outage(lambda p: p.redis.shutdown(), lambda p: p.redis.start())
         run.assert_held(run.run(inject))
 
     def test_killed_without_persistence(self, deploy, fault_results, tmp_path):
-        run = standard_scenario(
-            "Redis SIGKILLed, no persistence",
-            deploy,
-            fault_results,
-            tmp_path,
-            persistent_redis=False,
-        )
-
-        def inject(run: Scenario) -> None:
-            run.wait_midway()
-            redis = run.pipeline.redis
-            redis.kill()  # queue and unacknowledged messages: gone
-            time.sleep(OUTAGE_SECONDS)
-            redis.start()
-            run.cleared()
-
+        name = "Redis SIGKILLed, no persistence"
+        run = standard_scenario(name, deploy, fault_results, tmp_path, persistent_redis=False)
+        # the queue and the unacknowledged messages: gone
+        inject = outage(lambda p: p.redis.kill(), lambda p: p.redis.start())
         run.assert_held(run.run(inject))

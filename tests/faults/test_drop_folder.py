@@ -155,13 +155,8 @@ class TestSlowCopies:
     def test_copies_slower_than_a_scan(self, deploy, fault_results, tmp_path):
         # 16 KiB at a time with pauses of up to 0.3 s (PULMO_STABLE_SECONDS is 1.0): each
         # file takes 2 to 3 s to arrive, eight at once
-        run = standard_scenario(
-            "slow copies",
-            deploy,
-            fault_results,
-            tmp_path,
-            sender={"mode": "slow", "threads": 8, "max_gap": 0.3},
-        )
+        slow = {"mode": "slow", "threads": 8, "max_gap": 0.3}
+        run = standard_scenario("slow copies", deploy, fault_results, tmp_path, sender=slow)
         run.assert_held(run.run(lambda run: run.cleared()))
 
 

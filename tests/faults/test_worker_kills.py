@@ -38,13 +38,9 @@ class TestWorkerKilledTwice:
     def test_same_batch(self, deploy, fault_results, tmp_path):
         # One worker at a time, so every unacknowledged message is that worker's batch; a
         # batch waits up to 3 s to fill, so it is in the worker's hands long enough to be hit.
-        run = standard_scenario(
-            "worker SIGKILLed twice on the same batch",
-            deploy,
-            fault_results,
-            tmp_path,
-            settings={"PULMO_BATCH_SIZE": "16", "PULMO_FLUSH_INTERVAL": "3"},
-        )
+        name = "worker SIGKILLed twice on the same batch"
+        batches = {"PULMO_BATCH_SIZE": "16", "PULMO_FLUSH_INTERVAL": "3"}
+        run = standard_scenario(name, deploy, fault_results, tmp_path, settings=batches)
         run.workers = 1
 
         def inject(run: Scenario) -> None:
