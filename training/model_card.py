@@ -240,7 +240,8 @@ def _model_section(card: ModelCard) -> list[str]:
             f"- {role.replace('_', ' ')}: model {version}."
             for role, version in d.get("lineage", {}).items()
         ),
-        f"- Input: display pixels -> area resize to {card.preprocess.size} px, per-image "
+        f"- Input: display pixels -> area resize to {card.preprocess.size} px"
+        f"{_crop_words(card.preprocess.crop)}, per-image "
         f"percentile clip {card.preprocess.clip_percentiles} -> 0..255"
         f"{', CLAHE' if card.preprocess.equalize == 'clahe' else ''}, grey repeated into "
         f"{card.preprocess.channels} channels (`to_model_input`, the same code as serving).",
@@ -249,6 +250,10 @@ def _model_section(card: ModelCard) -> list[str]:
         f"- Abnormality score: {d.get('abnormality_score', 'round(100 * (1 - p(normal)))')}.",
         f"- Created {d.get('created', 'n/a')}; weights stored as float16 (compact file).",
     ]
+
+
+def _crop_words(crop: float) -> str:
+    return f", centre crop ({crop:.0%} of the side trimmed from each edge)" if crop else ""
 
 
 def _training_section(d: dict[str, Any]) -> list[str]:

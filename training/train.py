@@ -68,6 +68,8 @@ class TrainConfig:
     # Sources left out of training entirely and evaluated whole afterwards (leave-one-source-out).
     hold_out: tuple[str, ...] = ()
     equalize: str = "none"
+    # Fraction trimmed from each edge of the served input (PreprocessSpec.crop); 0: none.
+    crop: float = 0.0
     # At most this many images of each (source, label) group per epoch, drawn afresh each epoch
     # (0: all): a large group costs no more time than the weights let it count.
     max_per_group: int = 0
@@ -108,6 +110,7 @@ class TrainConfig:
             "average_with": str(self.average_with) if self.average_with else None,
             "hold_out": list(self.hold_out),
             "equalize": self.equalize,
+            "crop": self.crop,
             "max_per_group": self.max_per_group,
             "train_from": self.train_from,
             "adversarial": self.adversarial,
@@ -116,7 +119,7 @@ class TrainConfig:
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec(size=self.size, equalize=self.equalize)
+        return PreprocessSpec(size=self.size, equalize=self.equalize, crop=self.crop)
 
 
 def choose_precision(setting: str) -> str:

@@ -44,6 +44,10 @@ InputSide = Annotated[int, typer.Option(help="Input side in pixels.")]
 Equalize = Annotated[
     str, typer.Option(help="Served intensity equalisation after the clip: none or clahe.")
 ]
+Crop = Annotated[
+    float,
+    typer.Option(help="Served centre crop: fraction of the side trimmed from each edge (0: none)."),
+]
 HeldOutSources = Annotated[
     list[str] | None,
     typer.Option(help="Source (folder name) left out of training, evaluated whole; repeatable."),
@@ -103,6 +107,7 @@ def train(
     average_with: AverageWith = None,
     size: InputSide = 224,
     equalize: Equalize = "none",
+    crop: Crop = 0.0,
     hold_out_source: HeldOutSources = None,
     loso_run: LosoRuns = None,
     acquisition: Acquisition = 0.0,

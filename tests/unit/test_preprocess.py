@@ -59,6 +59,17 @@ class TestPreprocessSpec:
         old = {"size": 128, "channels": 3, "clip_percentiles": [0.5, 99.5]}
         assert PreprocessSpec.from_dict(old).equalize == "none"
 
+    def test_cards_written_before_the_crop_load_without_it(self):
+        old = {"size": 128, "channels": 3, "clip_percentiles": [0.5, 99.5], "equalize": "clahe"}
+        assert PreprocessSpec.from_dict(old).crop == 0.0
+        cropped = PreprocessSpec(size=64, crop=0.1)
+        assert PreprocessSpec.from_dict(cropped.to_dict()) == cropped
+
+    def test_crop_out_of_range_is_refused(self):
+        for bad in (-0.1, 0.25, 0.5):
+            with pytest.raises(ValueError, match="crop"):
+                PreprocessSpec(crop=bad)
+
     def test_unknown_equalisation_is_refused(self):
         with pytest.raises(ValueError, match="equalize"):
             PreprocessSpec(equalize="retinex")
@@ -96,3 +107,26 @@ class TestEqualize:
             spec = PreprocessSpec(size=48, equalize=equalize)
             plane = normalize_grey(resize_grey(pixels, spec.size), spec)
             assert np.array_equal(to_model_input(pixels, spec)[:, :, 1], plane)
+
+
+class TestCrop:
+    def test_a_burned_in_border_marker_leaves_the_input(self):
+        """A bright label in the corner (as a scanner burns in) changes the uncropped input,
+        and not the input cropped by 10 % of the side."""
+        rng = np.random.default_rng(7)
+        chest = cv2.GaussianBlur(rng.random((400, 400)).astype(np.float32), (0, 0), 8)
+        marked = chest.copy()
+        marked[8:30, 8:60] = chest.max() * 3
+        whole, cropped = PreprocessSpec(size=64), PreprocessSpec(size=64, crop=0.1)
+        assert not np.array_equal(to_model_input(chest, whole), to_model_input(marked, whole))
+        assert np.array_equal(to_model_input(chest, cropped), to_model_input(marked, cropped))
+
+    def test_the_centre_fills_the_input(self):
+        plane = np.zeros((100, 100), np.float32)
+        plane[20:80, 20:80] = np.linspace(1.0, 2.0, 60)  # a ramp in the centre, 60 % of the side
+        out = to_model_input(plane, PreprocessSpec(size=100, crop=0.2))[:, :, 0]
+        assert out.shape == (100, 100)
+        # The frame is gone: every row is the ramp, from black to white across the input.
+        assert np.array_equal(out[0], out[50])
+        assert out[50, 0] == 0.0
+        assert out[50, -1] == 255.0
