@@ -127,6 +127,20 @@ class PredictionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class HeatmapRow(Base):
+    """Where the model looked for one flagged prediction: an 8-bit grey PNG at the model's input
+    size for the flagged disease with the highest probability (docs/explain.md)."""
+
+    __tablename__ = "heatmaps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), unique=True)
+    label: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SiteCalibrationRow(Base):
     """Flag thresholds chosen on a site's own labelled sample (``pulmoscreen calibrate
     --apply``), for one model version. At most one per model is active; a newer one supersedes
