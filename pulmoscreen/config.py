@@ -150,6 +150,30 @@ def refuse_weak_password(url: str) -> str:
     return url
 
 
+# (0000,0600) and PS3.8 9.3.2: an AE title is 1 to 16 characters of the default character
+# repertoire, without backslash or control characters, and not only spaces.
+MAX_AE_TITLE_CHARS = 16
+
+
+def check_ae_title(value: str) -> str:
+    """Return ``value`` unchanged when it is a valid DICOM AE title.
+
+    Raises:
+        ValueError: empty, only spaces, over 16 characters, or a backslash or non-printable
+            character in it.
+    """
+    if not value.strip() or len(value) > MAX_AE_TITLE_CHARS:
+        raise ValueError(f"an AE title has 1 to {MAX_AE_TITLE_CHARS} characters: {value!r}")
+    if "\\" in value or not all(" " <= char <= "~" for char in value):
+        raise ValueError(f"an AE title has printable ASCII only, and no backslash: {value!r}")
+    return value
+
+
+def split_ae_titles(value: str) -> list[str]:
+    """Comma-separated AE titles as a list, each stripped of surrounding spaces."""
+    return [title.strip() for title in value.split(",") if title.strip()]
+
+
 class Settings(BaseSettings):
     """Every tunable of PulmoScreen; the defaults run with no external server.
 
@@ -319,6 +343,23 @@ class Settings(BaseSettings):
         description="Link to an image in reports, e.g. a PACS viewer URL with {study_uid}, "
         "{sop_uid} or {stored_path}; empty: a file:// link to the stored DICOM.",
     )
+    receive_port: int = Field(
+        11112,
+        ge=1,
+        le=65535,
+        description="TCP port on which `pulmoscreen receive` accepts DICOM associations "
+        "(C-STORE, C-ECHO).",
+    )
+    receive_ae_title: str = Field(
+        "PULMOSCREEN",
+        description="AE title of `pulmoscreen receive` (1 to 16 characters, no backslash): "
+        "the Called AE Title that modalities and PACS send to.",
+    )
+    receive_allowed_callers: str = Field(
+        "",
+        description="Comma-separated Calling AE Titles that `pulmoscreen receive` accepts "
+        "associations from, e.g. CR_ROOM1,PACS; empty: any caller.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -341,6 +382,18 @@ class Settings(BaseSettings):
     @classmethod
     def _strong_password(cls, value: str) -> str:
         return refuse_weak_password(value)
+
+    @field_validator("receive_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("receive_allowed_callers")
+    @classmethod
+    def _ae_titles(cls, value: str) -> str:
+        for title in split_ae_titles(value):
+            check_ae_title(title)
+        return value
 
     @field_validator("site_timezone")
     @classmethod
@@ -369,6 +422,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pulmoscreen.db').resolve()}"
+
+    def allowed_callers(self) -> list[str]:
+        """The Calling AE Titles `pulmoscreen receive` accepts; empty: any."""
+        return split_ae_titles(self.receive_allowed_callers)
 
     def resolved_openvino_cache(self) -> Path:
         return self.openvino_cache or self.data_dir / "openvino"
