@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     DateTime,
     Float,
@@ -138,6 +139,35 @@ class HeatmapRow(Base):
     prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), unique=True)
     label: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeliveryRow(Base):
+    """One DICOM result object (``sr``, or ``sc`` for a flagged image) built into the outbox
+    and sent back to the PACS: ``pending`` until a C-STORE succeeds (``sent``); ``failed``
+    after repeated failures, and still retried (migration 0009)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("prediction_id", "kind", name="uq_deliveries_prediction_kind"),
+        CheckConstraint("kind IN ('sr', 'sc')", name="ck_deliveries_kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="ck_deliveries_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    sop_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # the sender holding the row while it sends, until claimed_until (a dead sender's lapses)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
