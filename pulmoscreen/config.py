@@ -360,6 +360,38 @@ class Settings(BaseSettings):
         description="Comma-separated Calling AE Titles that `pulmoscreen receive` accepts "
         "associations from, e.g. CR_ROOM1,PACS; empty: any caller.",
     )
+    outbox_dir: Path = Field(
+        Path("var/outbox"),
+        description="Folder where `pulmoscreen send` writes the DICOM results (an SR per "
+        "screened image, a heatmap Secondary Capture per flagged one) before sending them.",
+    )
+    destination_host: str = Field(
+        "",
+        description="Host of the PACS or DICOM node that receives the results by C-STORE; "
+        "empty: results are only written to outbox_dir.",
+    )
+    destination_port: int = Field(
+        104, ge=1, le=65535, description="TCP port of the results destination."
+    )
+    destination_ae_title: str = Field(
+        "ANY-SCP", description="Called AE Title of the results destination."
+    )
+    send_ae_title: str = Field(
+        "PULMOSCREEN", description="Calling AE Title `pulmoscreen send` presents."
+    )
+    send_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Wait before the first retry of a failed send; it doubles with each "
+        "failure, up to send_retry_max_seconds. Failed sends stay in SQL (table deliveries) "
+        "and are retried, never dropped.",
+    )
+    send_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two retries of a failed send."
+    )
+    send_interval: float = Field(
+        5.0, gt=0, description="Seconds between two rounds of `pulmoscreen send`."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -383,7 +415,7 @@ class Settings(BaseSettings):
     def _strong_password(cls, value: str) -> str:
         return refuse_weak_password(value)
 
-    @field_validator("receive_ae_title")
+    @field_validator("receive_ae_title", "destination_ae_title", "send_ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return check_ae_title(value)
