@@ -8,7 +8,15 @@ from collections.abc import Callable
 
 import typer
 
-from pulmoscreen.cli import calibration, content_check, models, operations, screening
+from pulmoscreen.cli import (
+    calibration,
+    content_check,
+    delivery,
+    models,
+    network,
+    operations,
+    screening,
+)
 from pulmoscreen.cli.screening import (
     embedded_worker,
     make_ingestor,
@@ -33,6 +41,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "screen": screening.screen,
     "preview": screening.preview,
     "ingest": screening.ingest,
+    "receive": network.receive,
+    "send": delivery.send,
     "healthcheck": operations.healthcheck,
     "migrate": operations.migrate,
     "report": operations.report,
