@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,6 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom import Dataset, dcmread
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 MANUFACTURER = "PulmoScreen"
 ALGORITHM_NAME = "PulmoScreen chest X-ray screening"
@@ -109,16 +110,20 @@ def read_source_header(path: Path) -> Dataset:
     return source
 
 
+def _named_uid(*parts: str) -> str:
+    """A UID under ``2.25`` from a name-based (SHA-1) UUID of ``parts`` (PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, '|'.join(parts)).int}"
+
+
 def result_uid(source: Dataset, *, kind: str, model_version: str) -> str:
     """The SOPInstanceUID of one result object: the same source, kind and model give the same
-    UID (``2.25`` from a hash, PS3.5 B.2)."""
-    return str(generate_uid(None, entropy_srcs=[str(source.SOPInstanceUID), kind, model_version]))
+    UID."""
+    return _named_uid("pulmoscreen-result", str(source.SOPInstanceUID), kind, model_version)
 
 
 def series_uid(source: Dataset, *, kind: str, model_version: str) -> str:
     """The results series of one study: one per kind (SR, SC) and model version."""
-    study = str(source.StudyInstanceUID)
-    return str(generate_uid(None, entropy_srcs=[study, f"series-{kind}", model_version]))
+    return _named_uid("pulmoscreen-series", str(source.StudyInstanceUID), kind, model_version)
 
 
 def _num(name: Code, value: float, unit: Code) -> hd.sr.NumContentItem:
@@ -189,17 +194,20 @@ def build_sr(source: Dataset, result: ScreeningResult) -> hd.sr.ComprehensiveSR:
     """
     root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
     root.ContentSequence = hd.sr.ContentSequence(_content_items(source, result))
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[source],
-        content=root,
-        series_instance_uid=series_uid(source, kind="sr", model_version=result.model_version),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=result_uid(source, kind="sr", model_version=result.model_version),
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=SR_SERIES_DESCRIPTION,
-    )
+    with warnings.catch_warnings():
+        # highdicom warns about odd person names, quoting them: header values stay out of logs
+        warnings.simplefilter("ignore", UserWarning)
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[source],
+            content=root,
+            series_instance_uid=series_uid(source, kind="sr", model_version=result.model_version),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=result_uid(source, kind="sr", model_version=result.model_version),
+            instance_number=int(source.get("InstanceNumber") or 1),
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=SR_SERIES_DESCRIPTION,
+        )
     sr.CodingSchemeIdentificationSequence = [_scheme_identification()]
     return sr
 
@@ -258,7 +266,23 @@ def build_sc(
         result: the image's result; its score and flag are drawn into the pixels.
     """
     pixels = burn_in(overlay_rgb, result)
-    sc = hd.sc.SCImage.from_ref_dataset(
+    with warnings.catch_warnings():
+        # highdicom warns about odd person names, quoting them: header values stay out of logs
+        warnings.simplefilter("ignore", UserWarning)
+        sc = _sc_image(source, pixels, result)
+    # (0020,0020) PatientOrientation, type 2C: empty where the source does not state it
+    sc.PatientOrientation = list(source.get("PatientOrientation") or []) or None
+    sc.SeriesDescription = SC_SERIES_DESCRIPTION
+    # (0020,0060) Laterality, type 2C: a chest is no paired structure
+    sc.Laterality = None
+    # (0028,0301) BurnedInAnnotation: the score and statement are in the pixels
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = SECOND_READER_STATEMENT
+    return sc
+
+
+def _sc_image(source: Dataset, pixels: NDArray[np.uint8], result: ScreeningResult) -> hd.sc.SCImage:
+    return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
         photometric_interpretation="RGB",
@@ -272,15 +296,6 @@ def build_sc(
         patient_orientation=_orientation(source),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
-    # (0020,0020) PatientOrientation, type 2C: empty where the source does not state it
-    sc.PatientOrientation = list(source.get("PatientOrientation") or []) or None
-    sc.SeriesDescription = SC_SERIES_DESCRIPTION
-    # (0020,0060) Laterality, type 2C: a chest is no paired structure
-    sc.Laterality = None
-    # (0028,0301) BurnedInAnnotation: the score and statement are in the pixels
-    sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = SECOND_READER_STATEMENT
-    return sc
 
 
 def write_dataset(dataset: Dataset, folder: Path, name: str) -> Path:
