@@ -271,10 +271,11 @@ def build_sc(
         warnings.simplefilter("ignore", UserWarning)
         sc = _sc_image(source, pixels, result)
     # (0020,0020) PatientOrientation, type 2C: empty where the source does not state it
-    sc.PatientOrientation = list(source.get("PatientOrientation") or []) or None
+    if _orientation(source) != tuple(source.get("PatientOrientation") or ()):
+        sc["PatientOrientation"].value = None
     sc.SeriesDescription = SC_SERIES_DESCRIPTION
     # (0020,0060) Laterality, type 2C: a chest is no paired structure
-    sc.Laterality = None
+    sc.add_new("Laterality", "CS", None)
     # (0028,0301) BurnedInAnnotation: the score and statement are in the pixels
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = SECOND_READER_STATEMENT

@@ -66,14 +66,13 @@ def _fit(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def heatmap_overlay(source_path: Path, heatmap_path: Path) -> NDArray[np.uint8]:
-    """The radiograph as a viewer shows it, with the heatmap over it, as RGB uint8."""
+    """The radiograph as a viewer shows it, with the heatmap (an 8-bit grey PNG) over it, as
+    RGB uint8."""
     from pulmoscreen.imaging.dicom import read_dicom
-    from pulmoscreen.model.explain import overlay
+    from pulmoscreen.model.explain import overlay, read_heatmap_png
 
     display = _fit(read_dicom(source_path, validate=False).pixels)
-    heatmap = cv2.imread(str(heatmap_path), cv2.IMREAD_GRAYSCALE)
-    if heatmap is None:
-        raise OSError(f"heatmap {heatmap_path.name} cannot be read")
+    heatmap = read_heatmap_png(heatmap_path.read_bytes())
     return np.asarray(overlay(display, heatmap), dtype=np.uint8)
 
 

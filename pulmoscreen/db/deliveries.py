@@ -120,7 +120,7 @@ def _undelivered(
     has_sr: bool,
     has_sc: bool,
 ) -> Undelivered:
-    kinds = () if has_sr else ("sr",)
+    kinds: tuple[str, ...] = () if has_sr else ("sr",)
     if heatmap_path is not None and not has_sc:
         kinds += ("sc",)
     return Undelivered(
