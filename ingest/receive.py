@@ -14,9 +14,15 @@ at the next start once it is old). A failed write answers Refused: Out of Resour
 the sender keeps the instance and tries again later.
 
 What is accepted (PS3.4 Annex B): the radiograph storage SOP classes (CR, and DX for
-presentation and for processing) in every transfer syntax the worker decodes, and Verification
-(C-ECHO). A presentation context for any other SOP class is refused at association (abstract
-syntax not supported), and a C-STORE of one answers Refused: SOP Class not supported (0x0122).
+presentation and for processing) and Secondary Capture in every transfer syntax the worker
+decodes, and Verification (C-ECHO). Secondary Capture is taken because digitised films and
+anonymised exports of chest radiographs often come as such, with (0008,0060) Modality CR or DX:
+ingest screens them from a folder, so the network takes them too, and ingest's header rules
+(modality, body part, view) decide as for any file. PulmoScreen's own heatmaps, Secondary
+Captures with (0008,0070) Manufacturer ``PulmoScreen``, are refused (0x0122), so a PACS that
+routes them back never has them screened. A presentation context for any other SOP class is
+refused at association (abstract syntax not supported), and a C-STORE of one answers Refused:
+SOP Class not supported (0x0122).
 A data set whose (0008,0016) SOPClassUID or (0008,0018) SOPInstanceUID differs from the
 request's answers Error: Data Set does not match SOP Class (0xA900).
 
@@ -47,6 +53,7 @@ from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
@@ -60,6 +67,9 @@ RADIOGRAPH_SOP_CLASSES = (
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
 )
+ACCEPTED_SOP_CLASSES = (*RADIOGRAPH_SOP_CLASSES, SecondaryCaptureImageStorage)
+# (0008,0070) Manufacturer of the results PulmoScreen sends back (pulmoscreen.results_dicom).
+RESULTS_MANUFACTURER = "PulmoScreen"
 # C-STORE response statuses (PS3.4 B.2.3, PS3.7 C.4.2).
 SUCCESS = 0x0000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -151,18 +161,16 @@ def remove_stale_temp_files(folder: Path, *, older_than: float = STALE_TEMP_SECO
     return removed
 
 
-def dataset_uids(part10: bytes) -> tuple[str, str]:
-    """(SOPClassUID, SOPInstanceUID) of a Part 10 file held in memory.
+def dataset_identity(part10: bytes) -> tuple[str, str, str]:
+    """(SOPClassUID, SOPInstanceUID, Manufacturer) of a Part 10 file held in memory.
 
     Raises:
         InvalidDicomError, ValueError, ...: the data set cannot be parsed.
     """
-    ds = dcmread(
-        BytesIO(part10),
-        stop_before_pixels=True,
-        specific_tags=["SOPClassUID", "SOPInstanceUID"],
-    )
-    return str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
+    keywords = ("SOPClassUID", "SOPInstanceUID", "Manufacturer")
+    ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(keywords))
+    sop_class, sop_uid, maker = (str(ds.get(keyword) or "") for keyword in keywords)
+    return sop_class, sop_uid, maker
 
 
 @dataclass
@@ -203,19 +211,22 @@ class StorageReceiver:
         return status
 
     def _check(self, sop_class_uid: str, sop_instance_uid: str, part10: bytes) -> int:
-        if sop_class_uid not in RADIOGRAPH_SOP_CLASSES:
+        if sop_class_uid not in ACCEPTED_SOP_CLASSES:
             log.warning("refused an instance of a SOP class that is no radiograph")
             return SOP_CLASS_NOT_SUPPORTED
         try:
-            found = dataset_uids(part10)
+            found_class, found_uid, maker = dataset_identity(part10)
         except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
             log.warning(
                 "refused an instance whose data set cannot be read (%s)", type(exc).__name__
             )
             return CANNOT_UNDERSTAND
-        if found != (sop_class_uid, sop_instance_uid):
+        if (found_class, found_uid) != (sop_class_uid, sop_instance_uid):
             log.warning("refused an instance whose data set does not match its request's UIDs")
             return DATASET_MISMATCH
+        if maker == RESULTS_MANUFACTURER:
+            log.warning("refused a result of PulmoScreen's own sent back to it")
+            return SOP_CLASS_NOT_SUPPORTED
         return SUCCESS
 
     def _write(self, sop_instance_uid: str, part10: bytes) -> int:
@@ -250,14 +261,14 @@ class StorageReceiver:
 
 
 def make_application_entity(*, ae_title: str, allowed_callers: Sequence[str]) -> AE:
-    """The Storage SCP application entity: radiograph classes in decodable syntaxes, and C-ECHO.
+    """The Storage SCP application entity: the accepted classes in decodable syntaxes, and C-ECHO.
 
     ``allowed_callers`` empty accepts any Calling AE Title; otherwise an association from
     another caller is rejected (A-ASSOCIATE-RJ, calling AE title not recognised).
     """
     ae = AE(ae_title=ae_title)
     syntaxes = decodable_transfer_syntaxes()
-    for sop_class in RADIOGRAPH_SOP_CLASSES:
+    for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
     ae.add_supported_context(Verification)
     ae.require_calling_aet = list(allowed_callers)

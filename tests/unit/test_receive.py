@@ -17,6 +17,7 @@ from ingest.receive import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
     OUT_OF_RESOURCES,
+    RESULTS_MANUFACTURER,
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     StorageReceiver,
@@ -153,6 +154,36 @@ class TestStore:
         assert status == SOP_CLASS_NOT_SUPPORTED
         assert list(tmp_path.iterdir()) == []
         assert receiver.counts.refused == {SOP_CLASS_NOT_SUPPORTED: 1}
+
+    def test_a_secondary_capture_chest_is_stored_for_ingest_to_judge(self, tmp_path):
+        path = make_cxr_dicom(tmp_path / "src", SOPClassUID=uid.SecondaryCaptureImageStorage)
+        sop_class, sop_uid, data = part10(path)
+        assert sop_class == uid.SecondaryCaptureImageStorage
+
+        status = StorageReceiver(tmp_path).store(
+            sop_class_uid=sop_class, sop_instance_uid=sop_uid, part10=data
+        )
+
+        assert status == SUCCESS
+        assert (tmp_path / instance_file_name(sop_uid)).read_bytes() == data
+
+    def test_a_heatmap_of_our_own_sent_back_is_refused(self, tmp_path):
+        path = make_cxr_dicom(
+            tmp_path / "src",
+            SOPClassUID=uid.SecondaryCaptureImageStorage,
+            Manufacturer=RESULTS_MANUFACTURER,
+        )
+        sop_class, sop_uid, data = part10(path)
+        status = StorageReceiver(tmp_path / "src").store(
+            sop_class_uid=sop_class, sop_instance_uid=sop_uid, part10=data
+        )
+        assert status == SOP_CLASS_NOT_SUPPORTED
+        assert not (tmp_path / "src" / instance_file_name(sop_uid)).exists()
+
+    def test_our_results_manufacturer_is_the_one_results_carry(self):
+        from pulmoscreen.results_dicom import MANUFACTURER
+
+        assert RESULTS_MANUFACTURER == MANUFACTURER
 
     def test_a_data_set_that_contradicts_its_request_is_refused(self, tmp_path):
         sop_class, _, data = part10(RG1)
