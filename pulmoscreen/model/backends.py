@@ -32,6 +32,7 @@ from pulmoscreen.model.build import (
     load_screening_model,
     resolve_card,
 )
+from pulmoscreen.model.explain import dense_kernel, feature_map_model
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class KerasRunner:
 
     model: Any
     _with_features: Any = field(default=None, init=False, repr=False)
+    _with_maps: Any = field(default=None, init=False, repr=False)
 
     @property
     def precision(self) -> str:
@@ -118,6 +120,21 @@ class KerasRunner:
         probs, features = self._with_features.predict_on_batch(batch)
         return np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32)
 
+    def predict_with_maps(
+        self, batch: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """Probabilities, penultimate features and the last feature map ``(n, h, w, k)``, from
+        one forward pass (:mod:`pulmoscreen.model.explain`)."""
+        if self._with_maps is None:
+            self._with_maps = feature_map_model(self.model)
+        probs, features, maps = self._with_maps.predict_on_batch(batch)
+        as_f32 = [np.asarray(a, dtype=np.float32) for a in (probs, features, maps)]
+        return as_f32[0], as_f32[1], as_f32[2]
+
+    def classifier_kernel(self) -> NDArray[np.float32]:
+        """The dense head's weights ``(k, n_labels)``."""
+        return dense_kernel(self.model)
+
     def describe(self) -> str:
         import keras
 
@@ -135,8 +152,17 @@ class OpenVinoRunner:
         core = ov.Core()
         ov_model = core.read_model(str(ir_path))
         # The classifier's input (the pooled features) as a second output, for the content
-        # check: it costs no extra computation, and the cached IR stays as it is.
-        ov_model.add_outputs([_classifier_input(ov_model)])
+        # check, and the last feature map as a third, for heatmaps: they cost no extra
+        # computation, and the cached IR stays as it is.
+        outputs = [_classifier_input(ov_model)]
+        self.kernel: NDArray[np.float32] | None
+        try:
+            self.kernel, maps, self.maps_order = _cam_parts(ov_model)
+            outputs.append(maps)
+        except ValueError as exc:  # served all the same, without heatmaps
+            log.warning("no heatmaps from %s: %s", ir_path.name, exc)
+            self.kernel = None
+        ov_model.add_outputs(outputs)
         self.compiled = core.compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -153,6 +179,23 @@ class OpenVinoRunner:
         features = np.array(self.request.get_output_tensor(1).data, dtype=np.float32)
         return probs, features.reshape(len(batch), -1)
 
+    def predict_with_maps(
+        self, batch: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """Probabilities, penultimate features and the last feature map ``(n, h, w, k)``, from
+        one forward pass."""
+        if self.kernel is None:
+            raise ValueError("this model's head gives no heatmaps")
+        probs, features = self.predict_with_features(batch)
+        maps = np.array(self.request.get_output_tensor(2).data, dtype=np.float32)
+        return probs, features, np.transpose(maps, self.maps_order)
+
+    def classifier_kernel(self) -> NDArray[np.float32]:
+        """The dense head's weights ``(k, n_labels)``, read from the IR."""
+        if self.kernel is None:
+            raise ValueError("this model's head gives no heatmaps")
+        return self.kernel
+
     def describe(self) -> str:
         return f"openvino {self.precision}"
 
@@ -164,6 +207,37 @@ def _classifier_input(ov_model: Any) -> Any:
     if not matmuls:
         raise ValueError("the OpenVINO model has no MatMul: no classifier head to read")
     return matmuls[-1].input_value(0)
+
+
+def _source(node: Any) -> Any:
+    """``node``, or what it converts or reshapes (OpenVINO keeps those apart)."""
+    while node.get_type_name() in ("Convert", "Reshape", "Squeeze"):
+        node = node.input_value(0).get_node()
+    return node
+
+
+def _cam_parts(ov_model: Any) -> tuple[NDArray[np.float32], Any, tuple[int, ...]]:
+    """The classifier's kernel ``(k, n_labels)``, the feature map its global average pooling
+    reads (an output) and the axes order that makes that map ``(n, h, w, k)``.
+
+    Raises:
+        ValueError: the head is not a mean over two spatial axes then a matrix product.
+    """
+    matmul = [op for op in ov_model.get_ordered_ops() if op.get_type_name() == "MatMul"][-1]
+    pooling, weights = (
+        _source(matmul.input_value(0).get_node()),
+        _source(matmul.input_value(1).get_node()),
+    )
+    if pooling.get_type_name() != "ReduceMean" or weights.get_type_name() != "Constant":
+        raise ValueError("the OpenVINO head is not global average pooling + dense")
+    axes = sorted(int(a) % 4 for a in np.ravel(pooling.input_value(1).get_node().get_data()))
+    if len(axes) != 2 or 0 in axes:
+        raise ValueError(f"the pooling averages axes {axes}, not two spatial ones")
+    channel = ({1, 2, 3} - set(axes)).pop()
+    kernel = np.asarray(weights.get_data(), dtype=np.float32)
+    if matmul.get_attributes().get("transpose_b"):
+        kernel = kernel.T
+    return kernel, pooling.input_value(0), (0, axes[0], axes[1], channel)
 
 
 def with_features(model: Any) -> Any:
