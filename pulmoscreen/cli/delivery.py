@@ -30,8 +30,10 @@ def send(
     from worker.delivery import run_sender
 
     setup_logging(verbose)
-    # pynetdicom speaks of every request at INFO, and dumps headers at DEBUG: kept at WARNING
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom speaks of every request at INFO and dumps headers at DEBUG; highdicom names
+    # the source's UIDs at INFO: both kept at WARNING, no header value reaches the logs
+    for name in ("pynetdicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     settings = get_settings()
     upgrade_database(settings.resolved_database_url())
     stop = threading.Event()
