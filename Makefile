@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium bench bench-model bench-inference bench-ingest bench-content bench-report docs wheel-test clean
+.PHONY: install demo test lint unit integration faults services chromium dicom3tools bench bench-model bench-inference bench-ingest bench-content bench-report docs wheel-test clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,20 @@ services:
 chromium:
 	bash scripts/ensure-chromium.sh
 
+# The DICOM result tests validate every SR and SC with dciodvfy (Debian's dicom3tools).
+dicom3tools:
+	bash scripts/ensure-dicom3tools.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-unit: install
+unit: install dicom3tools
 	$(BIN)/pytest tests/unit
 
-integration: install services chromium
+integration: install services chromium dicom3tools
 	$(BIN)/pytest tests/integration
 
 # The fault suite (docs/faults.md): starts its own Redis and PostgreSQL, drives the product's
@@ -46,7 +50,7 @@ faults: install
 wheel-test: install
 	bash scripts/wheel-test.sh
 
-test: install services chromium lint
+test: install services chromium dicom3tools lint
 	$(BIN)/pytest
 
 bench: install
