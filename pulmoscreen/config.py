@@ -282,6 +282,12 @@ class Settings(BaseSettings):
         description="Converted OpenVINO models, one folder per model sha256; unset: "
         "data_dir/openvino.",
     )
+    heatmap_dir: Path | None = Field(
+        None,
+        description="Folder of the heatmap PNGs of flagged images (8-bit grey, at the model "
+        "input size; table heatmaps names each); unset: heatmaps/ beside processed/ in the drop "
+        "folder that received the image, so hosts that share the drop folder share them.",
+    )
     decode_threads: int = Field(
         0,
         ge=0,
