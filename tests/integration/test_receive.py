@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,13 +143,16 @@ class TestKilledMidAssociation:
     N_SENT = 12
     KILL_AFTER = 5
 
-    def test_every_acknowledged_instance_is_complete(self, tmp_path):
+    @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+    def test_every_acknowledged_instance_is_complete(self, tmp_path, fraction):
         port, inbox = free_port(), tmp_path / "inbox"
         proc = start_receiver(inbox, port, env=pulmo_env(), log=tmp_path / "receive.log")
         datasets = [
             transcoded_rg1(uid.ExplicitVRLittleEndian, index=100 + i) for i in range(self.N_SENT)
         ]
-        acknowledged = send_until_killed(port, datasets, proc, kill_after=self.KILL_AFTER)
+        acknowledged = send_until_killed(
+            port, datasets, proc, kill_after=self.KILL_AFTER, fraction=fraction
+        )
         proc.wait(timeout=30)
 
         assert self.KILL_AFTER <= len(acknowledged) < self.N_SENT
@@ -162,22 +166,31 @@ class TestKilledMidAssociation:
 
 
 def send_until_killed(
-    port: int, datasets: list[Dataset], proc: subprocess.Popen[bytes], *, kill_after: int
+    port: int,
+    datasets: list[Dataset],
+    proc: subprocess.Popen[bytes],
+    *,
+    kill_after: int,
+    fraction: float,
 ) -> list[str]:
-    """Send ``datasets`` over one association; SIGKILL the receiver while the instance after
-    the ``kill_after``-th success is in flight. Returns the SOP Instance UIDs acknowledged."""
+    """Send ``datasets`` over one association; SIGKILL the receiver ``fraction`` of one
+    instance's round trip (the mean of those acknowledged) after the ``kill_after``-th
+    success: early, while the next instance is on the wire; late, while it is being written.
+    Returns the SOP Instance UIDs acknowledged."""
     acknowledged: list[str] = []
     reached = threading.Event()
+    round_trip = [0.0]
 
     def kill_mid_transfer() -> None:
         reached.wait(timeout=120)
-        threading.Event().wait(0.05)  # the next C-STORE is on the wire by now
+        time.sleep(fraction * round_trip[0])
         proc.send_signal(signal.SIGKILL)
 
     killer = threading.Thread(target=kill_mid_transfer, daemon=True)
     killer.start()
     assoc = sender(datasets).associate("127.0.0.1", port, ae_title="PULMOSCREEN")
     assert assoc.is_established
+    start = time.perf_counter()
     for ds in datasets:
         try:
             rsp = assoc.send_c_store(ds)
@@ -187,6 +200,7 @@ def send_until_killed(
             break
         acknowledged.append(ds.SOPInstanceUID)
         if len(acknowledged) == kill_after:
+            round_trip[0] = (time.perf_counter() - start) / kill_after
             reached.set()
     reached.set()
     killer.join(timeout=30)
