@@ -80,6 +80,10 @@ CANNOT_UNDERSTAND = 0xC000
 TEMP_PREFIX = ".receiving-"
 TEMP_SUFFIX = ".part"
 FILE_SUFFIX = ".dcm"
+# Largest P-DATA PDU a sender may send (PS3.8 D.1.1). pynetdicom's default, 16 kB, splits a
+# 7 MB radiograph into ~450 PDUs that Python reassembles one by one; 1 MiB cuts that work by
+# 64 for senders that use the size offered (docs/performance.md).
+MAX_PDU_BYTES = 1 << 20
 # A temporary file this old at start-up was left by a receiver that died mid-write.
 STALE_TEMP_SECONDS = 3600.0
 
@@ -267,6 +271,7 @@ def make_application_entity(*, ae_title: str, allowed_callers: Sequence[str]) ->
     another caller is rejected (A-ASSOCIATE-RJ, calling AE title not recognised).
     """
     ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     syntaxes = decodable_transfer_syntaxes()
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, syntaxes)
