@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 PROCESSED_DIR = "processed"
 QUARANTINE_DIR = "quarantine"
-OWN_DIRS = frozenset({PROCESSED_DIR, QUARANTINE_DIR})
+HEATMAP_DIR = "heatmaps"
+OWN_DIRS = frozenset({PROCESSED_DIR, QUARANTINE_DIR, HEATMAP_DIR})
 SIDECAR_SUFFIX = ".reason.json"
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
@@ -100,6 +101,12 @@ def move_file(src: Path, dest: Path, *, within: Path | None = None) -> Path:
 def processed_destination(root: Path, *, study_uid: str, sop_uid: str) -> Path:
     """``root/processed/<StudyInstanceUID>/<SOPInstanceUID>.dcm``."""
     return root / PROCESSED_DIR / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
+
+
+def heatmap_destination(folder: Path, *, image_id: int, model_id: int) -> Path:
+    """``folder/<thousands of image_id>/<image_id>-m<model_id>.png``: one per prediction, named
+    by internal ids only (no UID of the header)."""
+    return folder / f"{image_id // 1000:06d}" / f"{image_id}-m{model_id}.png"
 
 
 def to_stored_path(path: Path, storage_root: Path | None) -> str:

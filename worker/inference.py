@@ -31,6 +31,7 @@ from pulmoscreen.model import (
 )
 from pulmoscreen.quarantine import quarantine_rejected
 from pulmoscreen.storage import (
+    HEATMAP_DIR,
     PROCESSED_DIR,
     changed_since,
     move_file,
@@ -39,6 +40,7 @@ from pulmoscreen.storage import (
     sha256_file,
     to_stored_path,
 )
+from worker.heatmaps import explain_flagged, forward_with_maps, store_heatmaps
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,7 @@ def _predict_group(  # type: ignore[no-untyped-def]
                     seen,
                     worker=worker,
                     storage_root=settings.storage_root,
+                    heatmap_dir=settings.heatmap_dir,
                 )
                 settled.update(done)
                 predicted += len(done)
@@ -309,23 +312,27 @@ def _score_chunk(  # type: ignore[no-untyped-def]
     *,
     worker: str | None,
     storage_root: Path | None,
+    heatmap_dir: Path | None = None,
 ) -> tuple[list[int], int]:
     """Score one chunk and save what holds: (ids settled, new predictions). A file changed
     during its decode is handed back to ingest instead; one the content check refuses is
-    quarantined; the rest are predicted."""
+    quarantined; the rest are predicted, each flagged one with its heatmap (same
+    transaction)."""
     ids = [item.id for item in items]
     intact = np.array([not _moved_on(item, seen[item.id]) for item in items], dtype=bool)
     handed_back = [
         item.id for k, item in enumerate(items) if not intact[k] and _send_back(factory, item)
     ]
     loaded = served.loaded
-    probs, content = _predict_chunk(loaded, inputs)
+    probs, content, maps = _predict_chunk(loaded, inputs)
     passed = content.passed if content is not None else np.ones(len(ids), dtype=bool)
     results = [
         (i, score_probabilities(p, loaded.card))
         for i, p, ok, kept in zip(ids, probs, passed, intact, strict=True)
         if ok and kept
     ]
+    explained = explain_flagged(loaded, ids, probs, maps, results)
+    folders = {item.id: heatmap_dir or _drop_root(item.path) / HEATMAP_DIR for item in items}
     with factory.begin() as session:
         if content is not None:
             scores = [
@@ -338,6 +345,13 @@ def _score_chunk(  # type: ignore[no-untyped-def]
             results=results,
             worker=worker,
             calibration_id=served.calibration_id,
+        )
+        store_heatmaps(
+            session,
+            explained,
+            folders=folders,
+            model_id=served.model_id,
+            storage_root=storage_root,
         )
     for k in np.flatnonzero(~passed & intact):
         _refuse_content(factory, items[k], content, int(k), loaded, storage_root=storage_root)
@@ -407,14 +421,19 @@ def _send_back(factory, item: _Todo) -> bool:  # type: ignore[no-untyped-def]
 
 def _predict_chunk(
     loaded: LoadedModel, inputs: NDArray[np.float32]
-) -> tuple[NDArray[np.float32], ContentScores | None]:
-    """Probabilities, and the content check's scores from the same forward pass when the
-    model's card has a check (None otherwise: every decoded image is scored)."""
+) -> tuple[NDArray[np.float32], ContentScores | None, NDArray[np.float32] | None]:
+    """Probabilities, the content check's scores when the model's card has a check (None
+    otherwise: every decoded image is scored) and the feature maps that heatmaps are made of
+    (None when the model cannot flag or gives none), from one forward pass."""
     check = loaded.card.content_check
+    with_maps = forward_with_maps(loaded, inputs)
+    if with_maps is not None:
+        probs, features, maps = with_maps
+        return probs, (check.score(features) if check is not None else None), maps
     if check is None:
-        return predict_batch(loaded.model, inputs), None
+        return predict_batch(loaded.model, inputs), None, None
     probs, features = predict_with_features(loaded.model, inputs)
-    return probs, check.score(features)
+    return probs, check.score(features), None
 
 
 def _refuse_content(  # type: ignore[no-untyped-def]

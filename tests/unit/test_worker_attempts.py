@@ -21,7 +21,7 @@ from pulmoscreen.db import Image, ModelRow, PredictionRow, queries, session_fact
 from pulmoscreen.domain import LABELS, Prediction, RejectReason
 from pulmoscreen.model import ModelCard
 from tests.factories import add_model_row, make_cxr_dicom
-from worker import inference
+from worker import heatmaps, inference
 from worker.inference import predict_images
 
 
@@ -194,16 +194,23 @@ class TestWorkerFailure:
     ):
         drop = tmp_path / "inbox"
         ids = ingest(drop, sqlite_url, 4)
-        real = inference.predict_batch
         failures = [2]
 
-        def out_of_memory(model, inputs):  # type: ignore[no-untyped-def]
-            if failures[0]:
-                failures[0] -= 1
-                raise MemoryError("out of memory allocating the batch")
-            return real(model, inputs)
+        def out_of_memory(real):  # type: ignore[no-untyped-def]
+            def run(model, inputs):  # type: ignore[no-untyped-def]
+                if failures[0]:
+                    failures[0] -= 1
+                    raise MemoryError("out of memory allocating the batch")
+                return real(model, inputs)
 
-        monkeypatch.setattr(inference, "predict_batch", out_of_memory)
+            return run
+
+        # the forward pass that scores the batch: with feature maps (for heatmaps) when the
+        # model can flag, else the plain one
+        monkeypatch.setattr(inference, "predict_batch", out_of_memory(inference.predict_batch))
+        monkeypatch.setattr(
+            heatmaps, "predict_with_maps", out_of_memory(heatmaps.predict_with_maps)
+        )
         settings = settings_for(sqlite_url, tiny_model_path, max_attempts=1)
         for _ in range(2):
             with pytest.raises(MemoryError):
