@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium dicom3tools bench bench-model bench-inference bench-ingest bench-content bench-report docs wheel-test clean
+.PHONY: install demo test lint unit integration faults services chromium dicom3tools bench bench-model bench-inference bench-ingest bench-content bench-report bench-receive docs wheel-test clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ bench-content: install
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed
+
+# pulmoscreen receive: instances/s over one DICOM association and over four (docs/performance.md).
+bench-receive: install
+	$(BIN)/python -m benchmarks.receive
 
 # docs/configuration.md is written from Settings (pulmoscreen/config.py); a unit test checks it.
 docs: install
