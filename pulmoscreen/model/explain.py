@@ -174,3 +174,19 @@ def overlay(
     weight = (opacity * heat)[..., None]
     base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     return np.round(base * (1.0 - weight) + colour * weight).astype(np.uint8)
+
+
+def predict_with_maps(
+    runner: Any, batch_nhwc: NDArray[np.float32]
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Probabilities ``(n, n_labels)``, penultimate features ``(n, k)`` and the last feature map
+    ``(n, h, w, k)`` of a batch, from one forward pass of a runner
+    (:mod:`pulmoscreen.model.backends`)."""
+    if batch_nhwc.ndim != 4:
+        raise ValueError(f"expected (n, h, w, c), got {batch_nhwc.shape}")
+    probs, features, maps = runner.predict_with_maps(batch_nhwc)
+    return (
+        np.asarray(probs, dtype=np.float32),
+        np.asarray(features, dtype=np.float32),
+        np.asarray(maps, dtype=np.float32),
+    )
