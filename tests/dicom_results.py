@@ -72,11 +72,3 @@ class StorageSCP:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

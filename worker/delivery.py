@@ -42,7 +42,11 @@ class RoundCounts:
     failed: int = 0
 
 
-def screening_result(item: deliveries.Undelivered) -> results_dicom.ScreeningResult:
+def screening_result(
+    item: deliveries.Undelivered, *, override: dict[str, float]
+) -> results_dicom.ScreeningResult:
+    """The result as the report states it; ``override`` is PULMO_THRESHOLDS, which decided the
+    flag over the calibration's and the model's thresholds where set (as in the worker)."""
     return results_dicom.ScreeningResult(
         p_normal=item.p_normal,
         p_pneumonia=item.p_pneumonia,
@@ -51,7 +55,7 @@ def screening_result(item: deliveries.Undelivered) -> results_dicom.ScreeningRes
         predicted_label=item.predicted_label,
         flagged=item.flagged,
         model_version=item.model_version,
-        thresholds=item.thresholds,
+        thresholds={**item.thresholds, **override},
     )
 
 
@@ -77,19 +81,19 @@ def heatmap_overlay(source_path: Path, heatmap_path: Path) -> NDArray[np.uint8]:
 
 
 def build_result(
-    item: deliveries.Undelivered, kind: str, *, outbox: Path, storage_root: Path | None
+    item: deliveries.Undelivered, kind: str, *, settings: Settings
 ) -> tuple[Path, str]:
     """Write one result object (``sr`` or ``sc``) of a prediction; its path and SOP UID."""
-    source_path = resolve_stored_path(item.stored_path, storage_root)
+    source_path = resolve_stored_path(item.stored_path, settings.storage_root)
     source = results_dicom.read_source_header(source_path)
-    result = screening_result(item)
+    result = screening_result(item, override=settings.thresholds)
     if kind == "sr":
         dataset: Any = results_dicom.build_sr(source, result)
     else:
         rgb = heatmap_overlay(source_path, Path(str(item.heatmap_path)))
         dataset = results_dicom.build_sc(source, rgb, result)
     # one folder per image; names from internal ids only, never from the header
-    folder = outbox / f"image-{item.image_id:08d}"
+    folder = settings.outbox_dir / f"image-{item.image_id:08d}"
     name = f"{kind}-{item.prediction_id}.dcm"
     return results_dicom.write_dataset(dataset, folder, name), str(dataset.SOPInstanceUID)
 
@@ -103,9 +107,7 @@ def build_pending(factory: sessionmaker[Session], settings: Settings, *, limit: 
     for item in todo:
         for kind in item.kinds:
             try:
-                path, sop_uid = build_result(
-                    item, kind, outbox=settings.outbox_dir, storage_root=settings.storage_root
-                )
+                path, sop_uid = build_result(item, kind, settings=settings)
             except Exception as exc:  # one bad source must not stop the others
                 log.warning("%s of prediction %d not built: %s", kind, item.prediction_id,
                             type(exc).__name__)  # fmt: skip

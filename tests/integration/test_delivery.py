@@ -16,7 +16,8 @@ from sqlalchemy import select, update
 from pulmoscreen.db import Image, session_factory
 from pulmoscreen.db.deliveries import claim_due, mark_sent, record_delivery
 from pulmoscreen.db.schema import DeliveryRow, HeatmapRow, PredictionRow
-from tests.dicom_results import StorageSCP, dciodvfy_errors, free_port
+from tests.dicom_results import StorageSCP, dciodvfy_errors
+from tests.dicom_scu import free_port
 from tests.integration.conftest import ROOT, pulmo_env, wait_until
 from tests.seeding import Seeder, add_model
 
