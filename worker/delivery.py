@@ -11,7 +11,7 @@ never dropped. Logs name internal ids and outcomes, never a header value.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,7 @@ def screening_result(
 ) -> results_dicom.ScreeningResult:
     """The result as the report states it; ``override`` is PULMO_THRESHOLDS, which decided the
     flag over the calibration's and the model's thresholds where set (as in the worker)."""
-    return results_dicom.ScreeningResult(
-        p_normal=item.p_normal,
-        p_pneumonia=item.p_pneumonia,
-        p_tuberculosis=item.p_tuberculosis,
-        abnormality_score=item.abnormality_score,
-        predicted_label=item.predicted_label,
-        flagged=item.flagged,
-        model_version=item.model_version,
-        thresholds={**item.thresholds, **override},
-    )
+    return replace(item.result, thresholds={**item.result.thresholds, **override})
 
 
 def _fit(pixels: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -26,9 +26,9 @@ from pulmoscreen.db.schema import (
     ModelRow,
     PredictionRow,
     SiteCalibrationRow,
-    Study,
     utcnow,
 )
+from pulmoscreen.results_dicom import ScreeningResult
 
 PENDING = "pending"
 SENT = "sent"
@@ -60,16 +60,7 @@ class Undelivered:
     prediction_id: int
     image_id: int
     stored_path: str
-    sop_uid: str | None
-    study_uid: str | None
-    p_normal: float
-    p_pneumonia: float
-    p_tuberculosis: float
-    abnormality_score: int
-    predicted_label: str
-    flagged: bool
-    model_version: str
-    thresholds: dict[str, float]
+    result: ScreeningResult
     heatmap_path: str | None
     kinds: tuple[str, ...]
 
@@ -86,7 +77,6 @@ def undelivered_predictions(session: Session, *, limit: int = 100) -> list[Undel
             PredictionRow,
             Image,
             ModelRow,
-            Study.study_uid,
             SiteCalibrationRow.thresholds,
             HeatmapRow.path,
             _has(PredictionRow.id, "sr"),
@@ -94,7 +84,6 @@ def undelivered_predictions(session: Session, *, limit: int = 100) -> list[Undel
         )
         .join(Image, Image.id == PredictionRow.image_id)
         .join(ModelRow, ModelRow.id == PredictionRow.model_id)
-        .outerjoin(Study, Study.id == Image.study_id)
         .outerjoin(SiteCalibrationRow, SiteCalibrationRow.id == PredictionRow.calibration_id)
         .outerjoin(HeatmapRow, HeatmapRow.prediction_id == PredictionRow.id)
         .where(Image.stored_path.is_not(None))
@@ -114,7 +103,6 @@ def _undelivered(
     p: PredictionRow,
     image: Image,
     model: ModelRow,
-    study_uid: str | None,
     calibrated: dict[str, float] | None,
     heatmap_path: str | None,
     has_sr: bool,
@@ -123,12 +111,7 @@ def _undelivered(
     kinds: tuple[str, ...] = () if has_sr else ("sr",)
     if heatmap_path is not None and not has_sc:
         kinds += ("sc",)
-    return Undelivered(
-        prediction_id=p.id,
-        image_id=image.id,
-        stored_path=str(image.stored_path),
-        sop_uid=image.sop_uid,
-        study_uid=study_uid,
+    result = ScreeningResult(
         p_normal=p.p_normal,
         p_pneumonia=p.p_pneumonia,
         p_tuberculosis=p.p_tuberculosis,
@@ -138,6 +121,12 @@ def _undelivered(
         model_version=model.version,
         # the thresholds that decided the flag: the site calibration's, else the model's
         thresholds=dict(calibrated or model.thresholds or {}),
+    )
+    return Undelivered(
+        prediction_id=p.id,
+        image_id=image.id,
+        stored_path=str(image.stored_path),
+        result=result,
         heatmap_path=heatmap_path,
         kinds=kinds,
     )
