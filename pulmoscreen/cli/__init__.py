@@ -12,6 +12,7 @@ from pulmoscreen.cli import (
     calibration,
     content_check,
     delivery,
+    explain,
     models,
     network,
     operations,
@@ -40,6 +41,7 @@ __all__ = [
 COMMANDS: dict[str, Callable[..., None]] = {
     "screen": screening.screen,
     "preview": screening.preview,
+    "explain": explain.explain,
     "ingest": screening.ingest,
     "receive": network.receive,
     "send": delivery.send,
