@@ -92,6 +92,11 @@ class TestReceive:
         for ds in datasets:
             assert_arrived_unchanged(inbox, ds)
         assert len(list(iter_candidates(inbox))) == len(datasets)
+        log = (inbox.parent / "receive.log").read_text()
+        assert "stored a received instance" in log
+        for ds in datasets:  # PHI rules: no header value in the log
+            for value in (ds.SOPInstanceUID, ds.StudyInstanceUID, ds.PatientID):
+                assert str(value) not in log
 
     @pytest.mark.skipif(
         not SHARED_CHEST.exists(), reason=f"{SHARED_CHEST} is absent (../shared/data not mounted)"
