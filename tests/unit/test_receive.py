@@ -267,3 +267,18 @@ class TestOverTheNetwork:
     def test_echo_is_answered(self, scp):
         port, _ = scp
         assert echo(port) == SUCCESS
+
+
+class TestReceiveCommand:
+    def test_an_invalid_ae_title_is_refused_before_listening(self, tmp_path):
+        from typer.testing import CliRunner
+
+        from pulmoscreen.cli import app
+
+        result = CliRunner().invoke(
+            app, ["receive", "--ae-title", "A" * 17, "--folder", str(tmp_path / "inbox")]
+        )
+
+        assert result.exit_code == 2
+        assert "--ae-title" in result.output
+        assert not (tmp_path / "inbox").exists()
