@@ -8,6 +8,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from reporting.charts import CHARTS
+from reporting.heatmaps import Overlay
 from reporting.summary import DailySummary, FlaggedImage
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -32,12 +33,20 @@ def threshold_parts(flag: FlaggedImage) -> list[str]:
     return parts
 
 
-def render_html(summary: DailySummary, charts: dict[str, bytes]) -> str:
-    """The summary page; ``charts`` maps each key of :data:`CHARTS` to its PNG bytes."""
+def render_html(
+    summary: DailySummary, charts: dict[str, bytes], overlays: dict[int, Overlay] | None = None
+) -> str:
+    """The summary page; ``charts`` maps each key of :data:`CHARTS` to its PNG bytes,
+    ``overlays`` each flagged image id that has a heatmap to its overlay."""
     encoded = {key: base64.b64encode(png).decode("ascii") for key, png in charts.items()}
+    heatmaps = {
+        image_id: (o.label, base64.b64encode(o.png).decode("ascii"))
+        for image_id, o in (overlays or {}).items()
+    }
     return _env.get_template("summary.html.j2").render(
         s=summary,
         charts=encoded,
+        heatmaps=heatmaps,
         chart_titles=[(key, title) for key, title, _, _ in CHARTS],
         threshold_parts=threshold_parts,
     )

@@ -1,8 +1,9 @@
 """``summary.pdf`` through matplotlib's PdfPages (A4 landscape).
 
 Pages: the totals page, the flagged patients list (:data:`ROWS_PER_PAGE` per page, at least one
-page, which says so when nobody was flagged), then one page per chart of :data:`CHARTS` (the
-same PNGs as in the HTML page).
+page, which says so when nobody was flagged), the flagged images' heatmaps
+(:data:`HEATMAPS_PER_PAGE` per page, in the list's order; none without heatmaps), then one page
+per chart of :data:`CHARTS` (the same PNGs as in the HTML page).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from matplotlib.image import imread
 from matplotlib.patches import Rectangle
 
 from reporting.charts import CHARTS
+from reporting.heatmaps import Overlay
 from reporting.summary import DailySummary, FlaggedImage
 
 A4_LANDSCAPE = (11.69, 8.27)
 ROWS_PER_PAGE = 22
+HEATMAP_COLUMNS, HEATMAP_ROWS = 5, 3
+HEATMAPS_PER_PAGE = HEATMAP_COLUMNS * HEATMAP_ROWS
 # (header, width in characters, right-aligned); rows are set in a monospaced font.
 _FLAG_COLUMNS = (
     ("#", 4, True),
@@ -41,9 +45,10 @@ def flagged_page_count(n_flagged: int) -> int:
     return max(1, math.ceil(n_flagged / ROWS_PER_PAGE))
 
 
-def page_count(summary: DailySummary) -> int:
-    """How many pages :func:`write_pdf` writes for ``summary``."""
-    return 1 + flagged_page_count(len(summary.flagged_images)) + len(CHARTS)
+def page_count(summary: DailySummary, n_heatmaps: int = 0) -> int:
+    """How many pages :func:`write_pdf` writes for ``summary`` and ``n_heatmaps`` heatmaps."""
+    heatmap_pages = math.ceil(n_heatmaps / HEATMAPS_PER_PAGE)
+    return 1 + flagged_page_count(len(summary.flagged_images)) + heatmap_pages + len(CHARTS)
 
 
 def _summary_lines(s: DailySummary) -> list[str]:
@@ -160,14 +165,52 @@ def _draw_lines(fig: Figure, lines: list[str], *, top: float) -> None:
         )
 
 
+def _heatmap_page(fig: Figure, shown: list[tuple[int, FlaggedImage, Overlay]], title: str) -> None:
+    """A grid of heatmaps over their radiographs, each named by its rank in the list."""
+    fig.text(0.04, 0.94, title, fontsize=16)
+    fig.text(
+        0.04,
+        0.91,
+        "Where the model looked for the flagged finding (red: most), not where a disease is.",
+        fontsize=10,
+    )
+    width, height = 0.92 / HEATMAP_COLUMNS, 0.84 / HEATMAP_ROWS
+    for k, (rank, flag, found) in enumerate(shown):
+        row, column = divmod(k, HEATMAP_COLUMNS)
+        left, bottom = 0.04 + column * width, 0.86 - (row + 1) * height
+        ax = fig.add_axes((left, bottom + 0.03, width * 0.92, height - 0.06))
+        ax.imshow(imread(io.BytesIO(found.png), format="png"), interpolation="bilinear")
+        ax.axis("off")
+        caption = f"#{rank} {flag.patient_id or '(none)'} · {found.label}"
+        fig.text(left, bottom + 0.01, caption[:40], fontsize=8, parse_math=False)
+
+
+def _heatmap_pages(
+    summary: DailySummary, overlays: dict[int, Overlay]
+) -> list[list[tuple[int, FlaggedImage, Overlay]]]:
+    """The flagged images that have a heatmap, in the list's order, a page at a time."""
+    shown = [
+        (rank, f, overlays[f.image_id])
+        for rank, f in enumerate(summary.flagged_images, start=1)
+        if f.image_id in overlays
+    ]
+    return [shown[i : i + HEATMAPS_PER_PAGE] for i in range(0, len(shown), HEATMAPS_PER_PAGE)]
+
+
 def _chart_page(fig: Figure, png: bytes) -> None:
     ax = fig.add_axes((0.03, 0.03, 0.94, 0.94))
     ax.imshow(imread(io.BytesIO(png), format="png"), interpolation="none")
     ax.axis("off")
 
 
-def write_pdf(summary: DailySummary, path: Path, charts: dict[str, bytes]) -> int:
-    """Write ``summary.pdf`` to ``path`` with the PNG ``charts``; returns the number of pages."""
+def write_pdf(
+    summary: DailySummary,
+    path: Path,
+    charts: dict[str, bytes],
+    overlays: dict[int, Overlay] | None = None,
+) -> int:
+    """Write ``summary.pdf`` to ``path`` with the PNG ``charts`` and the flagged images'
+    heatmap ``overlays`` (by image id); returns the number of pages."""
     pages = 0
     metadata = {
         "Title": f"PulmoScreen screening summary {summary.day.isoformat()}",
@@ -183,6 +226,12 @@ def write_pdf(summary: DailySummary, path: Path, charts: dict[str, bytes]) -> in
         for page in range(n_flag_pages):
             fig = Figure(figsize=A4_LANDSCAPE)
             _flagged_page(fig, summary, page, n_flag_pages)
+            pdf.savefig(fig)
+            pages += 1
+        heatmap_pages = _heatmap_pages(summary, overlays or {})
+        for k, shown in enumerate(heatmap_pages):
+            fig = Figure(figsize=A4_LANDSCAPE)
+            _heatmap_page(fig, shown, f"Heatmaps · page {k + 1} of {len(heatmap_pages)}")
             pdf.savefig(fig)
             pages += 1
         for key, _, _, _ in CHARTS:

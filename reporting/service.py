@@ -18,6 +18,7 @@ from pulmoscreen.db import reports as report_queries
 from pulmoscreen.db import session_factory
 from reporting.charts import render_charts
 from reporting.flagged import write_flagged_csv
+from reporting.heatmaps import Overlay, load_overlays
 from reporting.html import render_html
 from reporting.pdf import write_pdf
 from reporting.summary import DailySummary, previous_day, summarise_day, trend_window
@@ -70,15 +71,18 @@ def load_summary(settings: Settings, day: date, *, now: datetime) -> DailySummar
     )
 
 
-def write_report_files(summary: DailySummary, out_dir: Path) -> tuple[Path, Path, Path, int]:
-    """``summary.html``, ``summary.pdf`` and ``flagged.csv`` in ``out_dir`` (replaced if there)."""
+def write_report_files(
+    summary: DailySummary, out_dir: Path, overlays: dict[int, Overlay] | None = None
+) -> tuple[Path, Path, Path, int]:
+    """``summary.html``, ``summary.pdf`` and ``flagged.csv`` in ``out_dir`` (replaced if there);
+    ``overlays``: the flagged images' heatmaps, by image id."""
     out_dir.mkdir(parents=True, exist_ok=True)
     html, pdf, csv = out_dir / HTML_NAME, out_dir / PDF_NAME, out_dir / CSV_NAME
     charts = render_charts(summary)
-    page = render_html(summary, charts)
+    page = render_html(summary, charts, overlays or {})
     _replace_file(html, lambda p: p.write_text(page, encoding="utf-8"))
     pages: list[int] = []
-    _replace_file(pdf, lambda p: pages.append(write_pdf(summary, p, charts)))
+    _replace_file(pdf, lambda p: pages.append(write_pdf(summary, p, charts, overlays or {})))
     _replace_file(csv, lambda p: write_flagged_csv(summary, p))
     return html, pdf, csv, pages[0]
 
@@ -88,8 +92,13 @@ def run_report(settings: Settings, *, day: date, out_dir: Path | None = None) ->
     started = time.perf_counter()
     now = datetime.now(UTC)
     summary = load_summary(settings, day, now=now)
+    overlays = load_overlays(
+        settings.resolved_database_url(),
+        [f.image_id for f in summary.flagged_images],
+        storage_root=settings.storage_root,
+    )
     out = (out_dir or settings.report_dir / day.isoformat()).resolve()
-    html, pdf, csv, pages = write_report_files(summary, out)
+    html, pdf, csv, pages = write_report_files(summary, out, overlays)
     duration = time.perf_counter() - started
     values = {
         "report_date": day,

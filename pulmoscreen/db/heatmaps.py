@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pulmoscreen.db.queries import _insert
-from pulmoscreen.db.schema import HeatmapRow, PredictionRow, utcnow
+from pulmoscreen.db.schema import HeatmapRow, Image, ModelRow, PredictionRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,32 @@ def add_heatmaps(session: Session, entries: Sequence[tuple[int, HeatmapEntry]]) 
     return len(session.execute(stmt.returning(HeatmapRow.id), rows).all())
 
 
-def heatmaps_of_images(session: Session, image_ids: Sequence[int]) -> dict[int, HeatmapRow]:
-    """The newest heatmap of each image that has one."""
+@dataclass(frozen=True)
+class HeatmapSource:
+    """What the report needs to draw one image's heatmap over its radiograph: the heatmap's
+    file and label, the image's stored file and the card of the model that made it."""
+
+    image_id: int
+    label: str
+    path: str
+    stored_path: str | None
+    card: dict[str, Any]
+
+
+def heatmap_sources(session: Session, image_ids: Sequence[int]) -> list[HeatmapSource]:
+    """The newest heatmap of each image of ``image_ids`` that has one, with its sources."""
     if not image_ids:
-        return {}
-    rows = session.scalars(
-        select(HeatmapRow).where(HeatmapRow.image_id.in_(list(image_ids))).order_by(HeatmapRow.id)
+        return []
+    rows = session.execute(
+        select(HeatmapRow, Image.stored_path, Image.source_path, ModelRow.card)
+        .join(Image, Image.id == HeatmapRow.image_id)
+        .join(PredictionRow, PredictionRow.id == HeatmapRow.prediction_id)
+        .join(ModelRow, ModelRow.id == PredictionRow.model_id)
+        .where(HeatmapRow.image_id.in_(list(image_ids)))
+        .order_by(HeatmapRow.id)
     )
-    return {row.image_id: row for row in rows}
+    newest = {
+        row.image_id: HeatmapSource(row.image_id, row.label, row.path, stored or source, card)
+        for row, stored, source, card in rows
+    }
+    return list(newest.values())
