@@ -110,7 +110,8 @@ def instance_file_name(sop_instance_uid: str) -> str:
 
     The same instance sent twice gets the same name, so a resend replaces the file.
     """
-    return hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()[:40] + ".dcm"
+    digest = hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()
+    return digest[:40] + FILE_SUFFIX
 
 
 def fsync_directory(folder: Path) -> None:
