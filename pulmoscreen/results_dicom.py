@@ -29,8 +29,11 @@ import cv2
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, config, dcmread
 from pydicom.sr.coding import Code
+from pydicom.valuerep import validate_value
+
+from pulmoscreen.imaging.dicom import configure_pydicom
 
 MANUFACTURER = "PulmoScreen"
 ALGORITHM_NAME = "PulmoScreen chest X-ray screening"
@@ -61,6 +64,8 @@ LABEL_CODES: Mapping[str, Code] = {
     "pneumonia": Code("233604007", "SCT", "Pneumonia"),
     "tuberculosis": Code("56717001", "SCT", "Tuberculosis"),
 }
+# Value representations whose values sources often break (ages, dates, times, numbers as text)
+_CHECKED_VRS = frozenset({"AS", "DA", "TM", "DT", "DS", "IS"})
 # (0010,0010) PatientName and the other type 2 attributes that highdicom copies from the
 # source: a source without them files with them empty, as type 2 allows.
 _TYPE2_COPIED = (
@@ -103,11 +108,27 @@ class ScreeningResult:
 def read_source_header(path: Path) -> Dataset:
     """The source radiograph's header (no pixel data), with empty type 2 patient and study
     attributes where it lacks them."""
+    configure_pydicom()  # pydicom's read warnings would quote header values into the logs
     source = dcmread(path, stop_before_pixels=True)
+    _drop_invalid_values(source)
     for keyword in _TYPE2_COPIED:
         if keyword not in source:
             setattr(source, keyword, "")
     return source
+
+
+def _drop_invalid_values(source: Dataset) -> None:
+    """Remove top-level values that break their VR's rules, e.g. (0010,1010) PatientAge "62"
+    (AS wants "062Y"): copied into the results, they would make them invalid. A type 2
+    attribute comes back empty (read_source_header); guessing a repair could state a falsehood.
+    """
+    for element in list(source):
+        if element.VR not in _CHECKED_VRS or element.VM != 1:
+            continue
+        try:
+            validate_value(element.VR, element.value, config.RAISE)
+        except ValueError:
+            del source[element.tag]
 
 
 def _named_uid(*parts: str) -> str:

@@ -81,7 +81,8 @@ def build_result(
     if kind == "sr":
         dataset: Any = results_dicom.build_sr(source, result)
     else:
-        rgb = heatmap_overlay(source_path, Path(str(item.heatmap_path)))
+        heatmap = resolve_stored_path(str(item.heatmap_path), settings.storage_root)
+        rgb = heatmap_overlay(source_path, heatmap)
         dataset = results_dicom.build_sc(source, rgb, result)
     # one folder per image; names from internal ids only, never from the header
     folder = settings.outbox_dir / f"image-{item.image_id:08d}"

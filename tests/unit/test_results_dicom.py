@@ -113,6 +113,14 @@ class TestBuildSr:
         assert dciodvfy_errors(out) == []
         assert dcmread(out).StudyInstanceUID == source.StudyInstanceUID
 
+    def test_values_that_break_their_vr_are_not_copied_into_the_results(self, tmp_path):
+        path = make_cxr_dicom(tmp_path, rows=64, cols=64, PatientAge="62", StudyTime="10:30")
+        source = rd.read_source_header(path)
+        assert "PatientAge" not in source  # AS wants "062Y": not repaired by a guess
+        assert source.StudyTime == ""  # type 2: kept, empty
+        out = rd.write_dataset(rd.build_sr(source, RESULT), tmp_path, "c")
+        assert dciodvfy_errors(out) == []
+
 
 class TestBuildSc:
     def test_burns_in_the_statement_and_score_over_the_top_and_keeps_the_rest(self, rg1):
