@@ -258,9 +258,9 @@ def burn_in(overlay_rgb: NDArray[np.uint8], result: ScreeningResult) -> NDArray[
         "FLAGGED for clinician review" if result.flagged else "Not flagged",
         f"p(TB) {result.p_tuberculosis:.2f}  p(pneumonia) {result.p_pneumonia:.2f}",
     ]
-    # the longest line spans about 90 % of the width
+    # the longest line spans about 60 % of the width: legible, and the apices stay in view
     widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 2)[0][0] for line in lines)
-    scale = max(0.3, 0.9 * image.shape[1] / widest)
+    scale = max(0.3, 0.6 * image.shape[1] / widest)
     row = 0
     for line in lines:
         row = _put_line(image, line, row=row, scale=scale)
