@@ -11,7 +11,8 @@ never dropped. Logs name internal ids and outcomes, never a header value.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,34 @@ def build_result(
     return results_dicom.write_dataset(dataset, folder, name), str(dataset.SOPInstanceUID)
 
 
-def build_pending(factory: sessionmaker[Session], settings: Settings, *, limit: int = 100) -> int:
+@dataclass
+class BuildFailures:
+    """Predictions whose results failed to build, and when to try each again (monotonic
+    seconds): they wait, so that a few unreadable sources never hold back the others."""
+
+    retry_at: dict[int, float] = field(default_factory=dict)
+
+    def waiting(self) -> set[int]:
+        now = time.monotonic()
+        return {pid for pid, at in self.retry_at.items() if at > now}
+
+    def failed(self, prediction_id: int, *, wait: float) -> None:
+        self.retry_at[prediction_id] = time.monotonic() + wait
+
+
+def build_pending(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    failures: BuildFailures | None = None,
+    limit: int = 100,
+) -> int:
     """Build and record the result objects that predictions lack; how many were built. One
-    that fails (an unreadable source or heatmap) is logged and tried again next round."""
+    that fails (an unreadable source or heatmap) is logged and tried again after
+    ``send_retry_max_seconds``."""
+    failures = failures or BuildFailures()
     with factory() as session:
-        todo = deliveries.undelivered_predictions(session, limit=limit)
+        todo = deliveries.undelivered_predictions(session, limit=limit, skip=failures.waiting())
     count = 0
     for item in todo:
         for kind in item.kinds:
@@ -103,6 +127,7 @@ def build_pending(factory: sessionmaker[Session], settings: Settings, *, limit: 
             except Exception as exc:  # one bad source must not stop the others
                 log.warning("%s of prediction %d not built: %s", kind, item.prediction_id,
                             type(exc).__name__)  # fmt: skip
+                failures.failed(item.prediction_id, wait=settings.send_retry_max_seconds)
                 continue
             with factory.begin() as session:
                 deliveries.record_delivery(
@@ -212,9 +237,15 @@ def _fail_all(
             _fail(session, settings, item, sender=sender, error=error)
 
 
-def run_round(factory: sessionmaker[Session], settings: Settings, *, sender: str) -> RoundCounts:
+def run_round(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    *,
+    sender: str,
+    failures: BuildFailures | None = None,
+) -> RoundCounts:
     """Build what is missing, then send what is due when a destination is configured."""
-    built = build_pending(factory, settings)
+    built = build_pending(factory, settings, failures=failures)
     counts = RoundCounts()
     if settings.destination_host:
         counts = send_due(factory, settings, sender=sender)
@@ -230,10 +261,10 @@ def run_sender(
     once: bool = False,
 ) -> None:
     """Rounds every ``send_interval`` seconds until ``stop`` (a threading.Event) is set."""
-    sender = deliveries.new_sender_id()
+    sender, failures = deliveries.new_sender_id(), BuildFailures()
     try:
         while True:
-            counts = run_round(factory, settings, sender=sender)
+            counts = run_round(factory, settings, sender=sender, failures=failures)
             if counts.built or counts.sent or counts.failed:
                 log.info("round: %d built, %d sent, %d failed", counts.built, counts.sent,
                          counts.failed)  # fmt: skip

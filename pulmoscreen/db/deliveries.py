@@ -10,7 +10,7 @@ when the lease ends, and the row is sent by another. Sessions are passed in; cal
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,9 +69,11 @@ def _has(prediction_id: Any, kind: str) -> Any:
     return exists().where(DeliveryRow.prediction_id == prediction_id, DeliveryRow.kind == kind)
 
 
-def undelivered_predictions(session: Session, *, limit: int = 100) -> list[Undelivered]:
+def undelivered_predictions(
+    session: Session, *, limit: int = 100, skip: Collection[int] = ()
+) -> list[Undelivered]:
     """Predictions of stored images that lack their SR, or their SC (a flagged image with a
-    heatmap), oldest first."""
+    heatmap), oldest first; the ids in ``skip`` are left out (their build failed lately)."""
     stmt = (
         select(
             PredictionRow,
@@ -86,7 +88,7 @@ def undelivered_predictions(session: Session, *, limit: int = 100) -> list[Undel
         .join(ModelRow, ModelRow.id == PredictionRow.model_id)
         .outerjoin(SiteCalibrationRow, SiteCalibrationRow.id == PredictionRow.calibration_id)
         .outerjoin(HeatmapRow, HeatmapRow.prediction_id == PredictionRow.id)
-        .where(Image.stored_path.is_not(None))
+        .where(Image.stored_path.is_not(None), PredictionRow.id.not_in(list(skip)))
         .where(
             or_(
                 ~_has(PredictionRow.id, "sr"),
