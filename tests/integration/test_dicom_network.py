@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -173,6 +174,11 @@ class TestDicomNetwork:
         )
         for path in pacs.save_all(tmp_path / "pacs"):
             assert dciodvfy_errors(path) == []
+            back = pydicom.dcmread(path)
+            if back.SOPClassUID == SR_CLASS:  # highdicom reads its content tree back
+                assert hd.sr.srread(path).SOPInstanceUID == back.SOPInstanceUID
+            else:  # the heatmap decodes as an RGB image
+                assert back.pixel_array.shape == (back.Rows, back.Columns, 3)
         sender_log = logs["send"].read_text()
         for source in datasets:
             assert str(source.SOPInstanceUID) not in sender_log
