@@ -467,7 +467,7 @@ class Ingestor:
         if landed != dest:
             self._update_stored_path(image_id, landed)
         self._send([image_id])
-        log.info("image %d queued (SOPInstanceUID %s)", image_id, meta.sop_uid)
+        log.info("image %d queued", image_id)  # the database holds its UIDs; logs hold none
         return IngestOutcome(image_id, "queued")
 
     def _existing(self, path, meta, source, sha, existing) -> IngestOutcome | None:  # type: ignore[no-untyped-def]
