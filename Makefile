@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint unit integration faults services chromium dicom3tools bench bench-model bench-inference bench-ingest bench-content bench-report bench-receive docs wheel-test clean
+.PHONY: install demo test lint unit integration faults services chromium dicom3tools bench bench-model bench-inference bench-ingest bench-content bench-heatmap bench-report bench-receive docs wheel-test clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-ingest: install
 
 bench-content: install
 	$(BIN)/python benchmarks/content_check.py
+
+# a flagged image's heatmap against the plain inference per image (docs/explain.md)
+bench-heatmap: install
+	$(BIN)/python benchmarks/heatmap.py
 
 bench-report: install
 	$(BIN)/python -m benchmarks.report_speed

@@ -59,13 +59,17 @@ def feature_map_model(model: Any) -> Any:
     import keras
 
     pooling, holder = _pooling_layer(model)
+    dense = model.get_layer("probs")
     if holder is None:
-        feature_map = pooling.input
-    else:
-        inner = keras.Model(holder.inputs, pooling.input)
-        feature_map = inner(holder._inbound_nodes[0].input_tensors[0])
-    pooled = model.get_layer("probs").input
-    return keras.Model(model.inputs, [model.outputs[0], pooled, feature_map])
+        return keras.Model(model.inputs, [model.outputs[0], dense.input, pooling.input])
+    if _producer(model.outputs[0]) is not dense:
+        raise ValueError("the model's output is not its dense probs layer")
+    # The backbone again up to its feature map, then its own pooling and the dense layer on
+    # that map (dropout is the identity at inference): one pass, the same weights.
+    inner = keras.Model(holder.inputs, pooling.input)
+    feature_map = inner(holder._inbound_nodes[0].input_tensors[0])
+    pooled = pooling(feature_map)
+    return keras.Model(model.inputs, [dense(pooled), pooled, feature_map])
 
 
 def dense_kernel(model: Any) -> NDArray[np.float32]:

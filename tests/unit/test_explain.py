@@ -83,12 +83,27 @@ class TestFeatureMapModel:
     def test_finds_the_map_inside_a_nested_backbone(self):
         model = build_tiny_model(LABELS)  # conv layers inside a Sequential, as ResNet50 is
         batch = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-        probs, _, maps = feature_map_model(model).predict_on_batch(batch)
+        with_maps = feature_map_model(model)
+        # one pass: the backbone is not run a second time beside the copy that gives the map
+        assert model.get_layer("backbone") not in with_maps.layers
+        probs, _, maps = with_maps.predict_on_batch(batch)
         assert np.asarray(maps).shape == (2, 13, 13, 16)
         logits = np.asarray(maps).mean(axis=(1, 2)) @ dense_kernel(model)
         logits += model.get_layer("probs").get_weights()[1]
         expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+    @pytest.mark.slow
+    def test_the_screening_resnet50(self):
+        from pulmoscreen.model.build import build_model
+
+        model = build_model(LABELS, weights=None, input_size=64)
+        batch = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+        with_maps = feature_map_model(model)
+        assert model.get_layer("resnet50") not in with_maps.layers
+        probs, _, maps = with_maps.predict_on_batch(batch)
+        assert np.asarray(maps).shape == (2, 2, 2, 2048)  # conv5 of a 64 px input
+        np.testing.assert_allclose(probs, model.predict_on_batch(batch), atol=1e-5)
 
     def test_refuses_a_head_that_is_not_global_average_pooling(self):
         import keras
