@@ -89,19 +89,24 @@ def measure(loaded: Any, batch: np.ndarray, repeats: int) -> dict[str, list[floa
     return times
 
 
+def served(settings: Settings, model: Path | None) -> Any:
+    """The model as the worker serves it (``model``, else the configured or shipped one)."""
+    return load_runner(
+        model or settings.resolved_model_path(),
+        labels=LABELS,
+        backend=settings.inference_backend,
+        precision=settings.inference_precision,
+        cache_dir=settings.resolved_openvino_cache(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=40)
     args = parser.parse_args()
     settings = Settings()
-    loaded = load_runner(
-        args.model or settings.resolved_model_path(),
-        labels=LABELS,
-        backend=settings.inference_backend,
-        precision=settings.inference_precision,
-        cache_dir=settings.resolved_openvino_cache(),
-    )
+    loaded = served(settings, args.model)
     spec, n = loaded.card.preprocess, settings.infer_batch
     batch = np.random.default_rng(0).uniform(0, 255, (n, spec.size, spec.size, spec.channels))
     times = measure(loaded, batch.astype(np.float32), args.repeats)

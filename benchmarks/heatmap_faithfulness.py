@@ -10,7 +10,7 @@ labels, as Grad-CAM targets it) more than replacing elsewhere.
 
 Usage::
 
-    python benchmarks/heatmap_faithfulness.py [--data ../shared/data/cxr/shenzhen_128] [--n 120]
+    python -m benchmarks.heatmap_faithfulness [--data ../shared/data/cxr/shenzhen_128] [--n 120]
 
 Images are read from the folder's ``normal/`` and ``tuberculosis/``; the figures are given for
 the TB images (and for all). Needs the real data; nothing is downloaded.
@@ -28,10 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
+from benchmarks.heatmap import served
 from pulmoscreen.config import Settings
 from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import to_model_input
-from pulmoscreen.model import load_runner
 from pulmoscreen.model.explain import heatmaps_for, predict_with_maps
 
 TB = LABELS.index("tuberculosis")
@@ -77,14 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is missing (the real data of ../shared/data)")
-    settings = Settings()
-    loaded = load_runner(
-        settings.resolved_model_path(),
-        labels=LABELS,
-        backend=settings.inference_backend,
-        precision=settings.inference_precision,
-        cache_dir=settings.resolved_openvino_cache(),
-    )
+    loaded = served(Settings(), None)
     every = sorted(args.data.rglob("*.png"))
     files = every[:: max(1, len(every) // args.n)]
     rng = np.random.default_rng(0)

@@ -117,32 +117,23 @@ def store_heatmaps(
         return 0
     try:
         with session.begin_nested():
-            return _record(session, explained, folders, model_id, storage_root)
+            by_image = prediction_ids(session, [e.image_id for e in explained], model_id)
+            entries: list[tuple[int, HeatmapEntry]] = []
+            for item in explained:
+                if item.image_id not in by_image:
+                    continue  # no prediction (rejected meanwhile): no heatmap
+                folder = folders[item.image_id]
+                path = heatmap_destination(folder, image_id=item.image_id, model_id=model_id)
+                try:
+                    _write_atomically(path, heatmap_png(item.heatmap))
+                except (OSError, ValueError) as exc:
+                    log.error(
+                        "image %d: heatmap not written (%s)", item.image_id, type(exc).__name__
+                    )
+                    continue
+                entry = HeatmapEntry(item.image_id, item.label, to_stored_path(path, storage_root))
+                entries.append((by_image[item.image_id], entry))
+            return add_heatmaps(session, entries)
     except Exception as exc:  # never the prediction's failure
         log.error("heatmaps of %d images not stored (%s)", len(explained), type(exc).__name__)
         return 0
-
-
-def _record(
-    session: Session,
-    explained: Sequence[Explained],
-    folders: Mapping[int, Path],
-    model_id: int,
-    storage_root: Path | None,
-) -> int:
-    by_image = prediction_ids(session, [e.image_id for e in explained], model_id)
-    entries: list[tuple[int, HeatmapEntry]] = []
-    for item in explained:
-        if item.image_id not in by_image:
-            continue  # no prediction (rejected meanwhile): no heatmap
-        path = heatmap_destination(
-            folders[item.image_id], image_id=item.image_id, model_id=model_id
-        )
-        try:
-            _write_atomically(path, heatmap_png(item.heatmap))
-        except (OSError, ValueError) as exc:
-            log.error("image %d: heatmap not written (%s)", item.image_id, type(exc).__name__)
-            continue
-        stored = to_stored_path(path, storage_root)
-        entries.append((by_image[item.image_id], HeatmapEntry(item.image_id, item.label, stored)))
-    return add_heatmaps(session, entries)

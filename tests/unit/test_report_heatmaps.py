@@ -19,7 +19,8 @@ from reporting.heatmaps import Overlay, load_overlays
 from reporting.html import render_html
 from reporting.pdf import HEATMAPS_PER_PAGE, page_count, write_pdf
 from tests.unit.test_reporting import DAY, at, flagged, received, summarise
-from tests.unit.test_worker_heatmaps import FLAG_ALL, ingest
+from tests.unit.test_worker_calibration import ingest
+from tests.unit.test_worker_heatmaps import FLAG_ALL
 from worker.inference import predict_images, served_model
 
 

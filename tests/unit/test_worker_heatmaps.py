@@ -10,26 +10,17 @@ import cv2
 import pytest
 from sqlalchemy import func, select
 
-from ingest import Ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, PredictionRow, session_factory
 from pulmoscreen.db.schema import HeatmapRow
 from pulmoscreen.imaging import read_dicom
 from pulmoscreen.storage import resolve_stored_path
-from tests.factories import make_cxr_dicom
+from tests.unit.test_worker_calibration import ingest
 from worker import heatmaps
 from worker.inference import predict_images
 
 FLAG_ALL = {"tuberculosis": 0.0, "pneumonia": 1.01}
 FLAG_NONE = {"tuberculosis": 1.01, "pneumonia": 1.01}
-
-
-def ingest(drop: Path, url: str, n: int, *, seed: int) -> list[int]:
-    for k in range(n):
-        make_cxr_dicom(drop, seed=seed + k, filename=f"{seed}_{k:02d}.dcm")
-    sessions = session_factory(url)
-    outcomes = Ingestor(drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0)
-    return [o.image_id for o in outcomes.scan_once()]
 
 
 def stored(url: str) -> tuple[int, list[HeatmapRow]]:
