@@ -153,8 +153,27 @@ def _grey_u8(display_pixels: NDArray[Any]) -> NDArray[np.uint8]:
     return np.round((plane - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
+def _heat_at(heatmap: NDArray[np.float32], shape: tuple[int, int], crop: float) -> NDArray[Any]:
+    """The heatmap laid over a ``shape`` image: resized bilinearly to it, or, for a model that
+    saw only its centre (``PreprocessSpec.crop``), to that centre with zeros around it."""
+    height, width = shape
+    top, left = round(height * crop), round(width * crop)
+    heat = np.zeros(shape, dtype=np.float32)
+    inner = cv2.resize(
+        np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0),
+        (width - 2 * left, height - 2 * top),
+        interpolation=cv2.INTER_LINEAR,
+    )
+    heat[top : height - top, left : width - left] = inner
+    return heat
+
+
 def overlay(
-    display_pixels: NDArray[Any], heatmap: NDArray[np.float32], *, opacity: float = 0.5
+    display_pixels: NDArray[Any],
+    heatmap: NDArray[np.float32],
+    *,
+    crop: float = 0.0,
+    opacity: float = 0.5,
 ) -> NDArray[np.uint8]:
     """A heatmap in colour (jet: blue cold, red hot) over a grey radiograph: RGB uint8 at the
     radiograph's size. Cold places keep the radiograph as it is; the colour's weight grows
@@ -162,17 +181,14 @@ def overlay(
 
     Args:
         display_pixels: the radiograph, ``(h, w)`` or ``(h, w, c)`` of any numeric type (the
-            first channel is used), bright bone.
+            first channel is used), bright bone: the model input, or the whole radiograph.
         heatmap: floats in [0, 1] of any size (resized bilinearly to the radiograph's).
+        crop: the model card's ``PreprocessSpec.crop`` when ``display_pixels`` is the whole
+            radiograph (the model saw its centre only); 0 for the model input itself.
         opacity: the colour's weight at the hottest place.
     """
     grey = _grey_u8(display_pixels)
-    height, width = grey.shape
-    heat = cv2.resize(
-        np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0),
-        (width, height),
-        interpolation=cv2.INTER_LINEAR,
-    )
+    heat = _heat_at(heatmap, grey.shape, crop)
     colour_bgr = cv2.applyColorMap(np.round(heat * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour_bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
     weight = (opacity * heat)[..., None]

@@ -223,6 +223,17 @@ class TestOverlay:
         assert cold[0] == cold[1] == cold[2]  # no heat: the radiograph, grey
         assert hot[0] > hot[2] + 60  # the hottest place is red, not blue
 
+    def test_a_cropped_models_heatmap_covers_the_centre_of_the_whole_radiograph(self):
+        grey = np.full((100, 200), 1000, dtype=np.uint16)
+        grey[0, 0] = 0  # not flat
+        rgb = overlay(grey, np.ones((32, 32), dtype=np.float32), crop=0.1)
+        edge, centre = rgb[5, 100], rgb[50, 100]  # row 5 is in the trimmed top 10 %
+        assert edge[0] == edge[1] == edge[2]  # outside what the model saw: no colour
+        assert centre[0] != centre[2]  # inside: coloured
+        coloured = (rgb[..., 0] != rgb[..., 2]).nonzero()
+        assert (coloured[0].min(), coloured[0].max()) == (10, 89)
+        assert (coloured[1].min(), coloured[1].max()) == (20, 179)
+
     def test_a_flat_image_and_a_cold_map_stay_grey(self):
         rgb = overlay(np.full((10, 10), 7.0), np.zeros((4, 4), dtype=np.float32))
         assert (rgb == 128).all()
