@@ -260,14 +260,16 @@ class Pipeline:
             return {}
 
     def waiting_files(self) -> list[Path]:
-        """Files still in the drop folder outside processed/ and quarantine/ (not hidden)."""
+        """Files still in the drop folder outside processed/, quarantine/ and heatmaps/ (not
+        hidden)."""
         found = []
         for dirpath, dirnames, filenames in os.walk(self.drop):
             here = Path(dirpath)
             dirnames[:] = [
                 d
                 for d in dirnames
-                if not d.startswith(".") and not (here == self.drop and d in OWN_DIRS)
+                if not d.startswith(".")
+                and not (here == self.drop and d in OWN_DIRS + DERIVED_DIRS)
             ]
             found += [here / f for f in filenames if not f.startswith(".")]
         return found
@@ -304,6 +306,8 @@ class Pipeline:
 
 
 OWN_DIRS = ("processed", "quarantine")
+# what the worker writes beside them: the heatmaps of flagged images (table heatmaps names them)
+DERIVED_DIRS = ("heatmaps",)
 
 
 def env_int(name: str, default: int) -> int:

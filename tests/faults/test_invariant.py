@@ -130,6 +130,14 @@ class TestCheckOutcomes:
         verdict = world.check()
         assert (verdict.lost, verdict.duplicated) == (1, 0), verdict.summary()
 
+    def test_a_heatmap_beside_processed_is_no_file_left_waiting(self, world):
+        world.predicted(world.file("a.dcm"))
+        heatmap = world.drop / "heatmaps" / "000000" / "1-m1.png"
+        heatmap.parent.mkdir(parents=True)
+        heatmap.write_bytes(b"png")
+        verdict = world.check()
+        assert verdict.ok, verdict.summary()
+
     def test_two_predictions_are_duplicated(self, world):
         world.predicted(world.file("a.dcm"), predictions=2)
         verdict = world.check()
