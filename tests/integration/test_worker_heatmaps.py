@@ -18,6 +18,7 @@ from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import read_dicom, to_model_input
 from pulmoscreen.model.build import load_screening_model
 from pulmoscreen.queue import enqueue_images
+from reporting.heatmaps import load_overlays
 from tests.factories import TINY_SPEC, make_cxr_dicom
 from tests.integration.conftest import wait_until
 from tests.integration.test_worker import drop_ingestor
@@ -82,6 +83,10 @@ class TestHeatmapsInTheWorker:
             grey = cv2.imread(str(tmp_path / row.path), cv2.IMREAD_UNCHANGED)
             assert grey.shape == (32, 32)
             assert grey.max() == 255
+        # the nightly report draws each over its radiograph, from PostgreSQL's rows
+        overlays = load_overlays(pg_url, sorted(predictions), storage_root=tmp_path)
+        assert sorted(overlays) == sorted(flagged)
+        assert {o.label for o in overlays.values()} == {"tuberculosis"}
 
 
 def count(sessions, stmt):  # type: ignore[no-untyped-def]
