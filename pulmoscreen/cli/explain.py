@@ -92,7 +92,11 @@ def write_explanation(settings: Settings, file: Path, out: Path, *, label: str |
     if batch is None:
         return 2
     loaded = served_for(settings)
-    probs, _, maps = predict_with_maps(loaded.model, batch)
+    try:
+        probs, _, maps = predict_with_maps(loaded.model, batch)
+    except ValueError as exc:  # a head that is not global average pooling + dense
+        console.print(f"[red]no heatmap from this model[/red]: {exc}", soft_wrap=True)
+        return 1
     card = loaded.card
     shown = _label_to_show(probs[0], card, label)
     kernel = loaded.model.classifier_kernel()
