@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
@@ -30,14 +31,16 @@ def stored(url: str) -> tuple[int, list[HeatmapRow]]:
         return n, list(session.scalars(select(HeatmapRow).order_by(HeatmapRow.image_id)))
 
 
+def screen(url: str, model: Path, ids: list[int], **settings: Any) -> tuple[int, list[HeatmapRow]]:
+    """Predict ``ids`` in the worker's code under ``settings``; (predictions, heatmap rows)."""
+    predict_images(Settings(database_url=url, model_path=model, **settings), ids, worker="w1")
+    return stored(url)
+
+
 class TestHeatmapsInTheWorker:
     def test_each_flagged_prediction_gets_its_heatmap(self, sqlite_url, tiny_model_path, tmp_path):
         ids = ingest(tmp_path / "in", sqlite_url, 3, seed=10)
-        settings = Settings(
-            database_url=sqlite_url, model_path=tiny_model_path, thresholds=FLAG_ALL
-        )
-        predict_images(settings, ids, worker="w1")
-        predictions, rows = stored(sqlite_url)
+        predictions, rows = screen(sqlite_url, tiny_model_path, ids, thresholds=FLAG_ALL)
         assert predictions == 3
         assert [r.image_id for r in rows] == ids
         with session_factory(sqlite_url)() as session:
@@ -52,32 +55,26 @@ class TestHeatmapsInTheWorker:
             assert grey.dtype.name == "uint8"
             assert grey.max() == 255  # scaled to its hottest place
 
-        predict_images(settings, ids, worker="w2")  # sent again: nothing twice
-        again, after = stored(sqlite_url)
+        again, after = screen(sqlite_url, tiny_model_path, ids, thresholds=FLAG_ALL)  # again
+
         assert again == 3
         assert [(r.id, r.path) for r in after] == [(r.id, r.path) for r in rows]
 
     def test_an_unflagged_image_gets_none(self, sqlite_url, tiny_model_path, tmp_path):
         ids = ingest(tmp_path / "in", sqlite_url, 2, seed=20)
-        settings = Settings(
-            database_url=sqlite_url, model_path=tiny_model_path, thresholds=FLAG_NONE
-        )
-        predict_images(settings, ids, worker="w1")
-        predictions, rows = stored(sqlite_url)
-        assert (predictions, rows) == (2, [])
+        assert screen(sqlite_url, tiny_model_path, ids, thresholds=FLAG_NONE) == (2, [])
         assert not (tmp_path / "in" / "heatmaps").exists()
 
     def test_the_heatmap_dir_setting_is_used(self, sqlite_url, tiny_model_path, tmp_path):
         ids = ingest(tmp_path / "in", sqlite_url, 1, seed=25)
-        settings = Settings(
-            database_url=sqlite_url,
-            model_path=tiny_model_path,
+        _, (row,) = screen(
+            sqlite_url,
+            tiny_model_path,
+            ids,
             thresholds=FLAG_ALL,
             heatmap_dir=tmp_path / "maps",
             storage_root=tmp_path,
         )
-        predict_images(settings, ids, worker="w1")
-        (row,) = stored(sqlite_url)[1]
         assert row.path.startswith("maps/")  # relative to the storage root, as images are
         assert (tmp_path / row.path).is_file()
 
@@ -87,16 +84,11 @@ class TestFailuresCostNoPrediction:
         blocker = tmp_path / "not-a-folder"
         blocker.write_text("a file where the folder should be")
         ids = ingest(tmp_path / "in", sqlite_url, 2, seed=30)
-        settings = Settings(
-            database_url=sqlite_url,
-            model_path=tiny_model_path,
-            thresholds=FLAG_ALL,
-            heatmap_dir=blocker,
-        )
         with caplog.at_level(logging.ERROR):
-            predict_images(settings, ids, worker="w1")
-        predictions, rows = stored(sqlite_url)
-        assert (predictions, rows) == (2, [])
+            found = screen(
+                sqlite_url, tiny_model_path, ids, thresholds=FLAG_ALL, heatmap_dir=blocker
+            )
+        assert found == (2, [])
         assert "heatmap not written" in caplog.text
         with session_factory(sqlite_url)() as session:
             statuses = session.scalars(select(Image.status).where(Image.id.in_(ids))).all()
@@ -111,13 +103,9 @@ class TestFailuresCostNoPrediction:
 
         monkeypatch.setattr(heatmaps, "predict_with_maps", broken)
         ids = ingest(tmp_path / "in", sqlite_url, 2, seed=40)
-        settings = Settings(
-            database_url=sqlite_url, model_path=tiny_model_path, thresholds=FLAG_ALL
-        )
         with caplog.at_level(logging.ERROR):
-            predict_images(settings, ids, worker="w1")
-        predictions, rows = stored(sqlite_url)
-        assert (predictions, rows) == (2, [])
+            found = screen(sqlite_url, tiny_model_path, ids, thresholds=FLAG_ALL)
+        assert found == (2, [])
         assert "no heatmaps" in caplog.text
         with session_factory(sqlite_url)() as session:
             flags = session.scalars(select(PredictionRow.flagged)).all()
