@@ -61,15 +61,17 @@ def _fit(pixels: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.asarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
 
 
-def heatmap_overlay(source_path: Path, heatmap_path: Path) -> NDArray[np.uint8]:
+def heatmap_overlay(
+    source_path: Path, heatmap_path: Path, *, crop: float = 0.0
+) -> NDArray[np.uint8]:
     """The radiograph as a viewer shows it, with the heatmap (an 8-bit grey PNG) over it, as
-    RGB uint8."""
+    RGB uint8; ``crop`` is the model's centre crop, which the heatmap covers."""
     from pulmoscreen.imaging.dicom import read_dicom
     from pulmoscreen.model.explain import overlay, read_heatmap_png
 
     display = _fit(read_dicom(source_path, validate=False).pixels)
     heatmap = read_heatmap_png(heatmap_path.read_bytes())
-    return np.asarray(overlay(display, heatmap), dtype=np.uint8)
+    return np.asarray(overlay(display, heatmap, crop=crop), dtype=np.uint8)
 
 
 def build_result(
@@ -83,7 +85,7 @@ def build_result(
         dataset: Any = results_dicom.build_sr(source, result)
     else:
         heatmap = resolve_stored_path(str(item.heatmap_path), settings.storage_root)
-        rgb = heatmap_overlay(source_path, heatmap)
+        rgb = heatmap_overlay(source_path, heatmap, crop=item.crop)
         dataset = results_dicom.build_sc(source, rgb, result)
     # one folder per image; names from internal ids only, never from the header
     folder = settings.outbox_dir / f"image-{item.image_id:08d}"

@@ -63,6 +63,8 @@ class Undelivered:
     result: ScreeningResult
     heatmap_path: str | None
     kinds: tuple[str, ...]
+    # The model's served centre crop (PreprocessSpec.crop): the heatmap covers that centre.
+    crop: float = 0.0
 
 
 def _has(prediction_id: Any, kind: str) -> Any:
@@ -131,6 +133,7 @@ def _undelivered(
         result=result,
         heatmap_path=heatmap_path,
         kinds=kinds,
+        crop=float((model.card or {}).get("preprocess", {}).get("crop", 0.0)),
     )
 
 

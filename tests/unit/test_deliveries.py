@@ -111,3 +111,23 @@ class TestBuildPending:
 def _no_env(monkeypatch):
     for name in ("PULMO_OUTBOX_DIR", "PULMO_THRESHOLDS", "PULMO_STORAGE_ROOT"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_the_heatmap_is_placed_on_the_centre_a_cropping_model_saw(sqlite_url, tmp_path):
+    """A model served with a centre crop computed its heatmap on that centre: the delivery
+    carries the card's crop, so the secondary capture lays the heatmap where the model looked."""
+    from sqlalchemy.orm.attributes import flag_modified
+
+    from pulmoscreen.db.deliveries import undelivered_predictions
+    from pulmoscreen.db.schema import ModelRow
+
+    seed(sqlite_url, tmp_path / "src", 1)
+    factory = session_factory(sqlite_url)
+    with factory() as session:
+        assert [item.crop for item in undelivered_predictions(session)] == [0.0]
+    with factory.begin() as session:
+        model = session.scalars(select(ModelRow)).one()
+        model.card = {**model.card, "preprocess": {**model.card["preprocess"], "crop": 0.1}}
+        flag_modified(model, "card")
+    with factory() as session:
+        assert [item.crop for item in undelivered_predictions(session)] == [0.1]
