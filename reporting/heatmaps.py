@@ -21,6 +21,17 @@ from pulmoscreen.storage import resolve_stored_path
 
 log = logging.getLogger(__name__)
 
+# The report shows the heatmaps of the most urgent flagged images only: each costs a read of
+# its radiograph (about 0.2 s), and a screening day can flag thousands (a backlog, a new site
+# before calibration). The others are in the PACS (the heatmap series) or `pulmoscreen explain`.
+REPORT_HEATMAPS = 100
+
+
+def shown_heatmap_ids(flagged_ids: Sequence[int]) -> list[int]:
+    """The image ids whose heatmaps the report shows: the first :data:`REPORT_HEATMAPS` of
+    the flagged list, which is ordered most urgent first."""
+    return list(flagged_ids[:REPORT_HEATMAPS])
+
 
 @dataclass(frozen=True)
 class Overlay:

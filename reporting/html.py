@@ -8,7 +8,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from reporting.charts import CHARTS
-from reporting.heatmaps import Overlay
+from reporting.heatmaps import REPORT_HEATMAPS, Overlay
 from reporting.summary import DailySummary, FlaggedImage
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -47,6 +47,7 @@ def render_html(
         s=summary,
         charts=encoded,
         heatmaps=heatmaps,
+        heatmap_limit=REPORT_HEATMAPS,
         chart_titles=[(key, title) for key, title, _, _ in CHARTS],
         threshold_parts=threshold_parts,
     )

@@ -18,7 +18,7 @@ from pulmoscreen.db import reports as report_queries
 from pulmoscreen.db import session_factory
 from reporting.charts import render_charts
 from reporting.flagged import write_flagged_csv
-from reporting.heatmaps import Overlay, load_overlays
+from reporting.heatmaps import Overlay, load_overlays, shown_heatmap_ids
 from reporting.html import render_html
 from reporting.pdf import write_pdf
 from reporting.summary import DailySummary, previous_day, summarise_day, trend_window
@@ -94,7 +94,7 @@ def run_report(settings: Settings, *, day: date, out_dir: Path | None = None) ->
     summary = load_summary(settings, day, now=now)
     overlays = load_overlays(
         settings.resolved_database_url(),
-        [f.image_id for f in summary.flagged_images],
+        shown_heatmap_ids([f.image_id for f in summary.flagged_images]),
         storage_root=settings.storage_root,
     )
     out = (out_dir or settings.report_dir / day.isoformat()).resolve()

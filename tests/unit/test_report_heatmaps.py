@@ -103,3 +103,14 @@ class TestLoadOverlays:
 def test_page_count_rounds_up_heatmap_pages(day):  # type: ignore[no-untyped-def]
     assert page_count(day, 1) - page_count(day) == 1
     assert page_count(day, HEATMAPS_PER_PAGE + 1) - page_count(day) == 2
+
+
+def test_the_report_shows_the_heatmaps_of_the_most_urgent_only():
+    """A day that flags thousands must not read thousands of radiographs for its report: the
+    first REPORT_HEATMAPS of the flagged list (most urgent first), in its order."""
+    from reporting.heatmaps import REPORT_HEATMAPS, shown_heatmap_ids
+
+    flagged = list(range(5000, 0, -1))
+    assert shown_heatmap_ids(flagged) == flagged[:REPORT_HEATMAPS]
+    assert shown_heatmap_ids(flagged[:3]) == flagged[:3]
+    assert 0 < REPORT_HEATMAPS <= 200
