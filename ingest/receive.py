@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -59,6 +58,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from pulmoscreen.imaging.codecs import register_decoders
+from pulmoscreen.storage import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,6 @@ def instance_file_name(sop_instance_uid: str) -> str:
     return digest[:40] + FILE_SUFFIX
 
 
-def fsync_directory(folder: Path) -> None:
-    """Flush a folder's entries (a rename in it) to disk."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(folder: Path, name: str, chunks: Iterable[bytes]) -> Path:
     """Write ``chunks`` to ``folder/name`` so that the name never shows a partial file.
 
@@ -133,19 +124,7 @@ def write_atomically(folder: Path, name: str, chunks: Iterable[bytes]) -> Path:
         OSError: the file could not be written; the temporary file is removed.
     """
     temp = folder / f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-    try:
-        with temp.open("xb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        final = folder / name
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(folder)
-    return final
+    return write_durably(folder / name, lambda out: out.writelines(chunks), temp=temp)
 
 
 def remove_stale_temp_files(folder: Path, *, older_than: float = STALE_TEMP_SECONDS) -> int:

@@ -17,8 +17,6 @@ it again replaces the earlier copy instead of showing two.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -34,6 +32,7 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import validate_value
 
 from pulmoscreen.imaging.dicom import configure_pydicom
+from pulmoscreen.storage import write_durably
 
 MANUFACTURER = "PulmoScreen"
 ALGORITHM_NAME = "PulmoScreen chest X-ray screening"
@@ -324,20 +323,9 @@ def write_dataset(dataset: Dataset, folder: Path, name: str) -> Path:
     """Write ``dataset`` to ``folder/name`` atomically: a temporary name in the same folder,
     fsync, rename, fsync of the folder. A reader never sees half a file."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".dcm")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            dataset.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        final = folder / name
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+    temp = folder / f".partial-{uuid.uuid4().hex}.dcm"
+    return write_durably(
+        folder / name,
+        lambda out: dataset.save_as(out, enforce_file_format=True),
+        temp=temp,
+    )

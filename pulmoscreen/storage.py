@@ -13,8 +13,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +215,34 @@ def files_without_sidecar(root: Path) -> list[Path]:
         and entry.is_file(follow_symlinks=False)
         and entry.name + SIDECAR_SUFFIX not in names
     ]
+
+
+def fsync_directory(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, write: Callable[[BinaryIO], object], *, temp: Path) -> Path:
+    """Write ``path`` so that its name never shows a partial file and, once this returns, the
+    file survives a crash: ``write`` fills ``temp`` (a name in the same folder that nobody
+    reads, e.g. a dot prefix, which ingest skips), which is flushed to disk, renamed to
+    ``path`` (replacing a file of that name), and the folder is flushed.
+
+    Raises:
+        OSError: the file could not be written; the temporary file is removed.
+    """
+    try:
+        with temp.open("xb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path

@@ -5,7 +5,6 @@ failure is logged (ids and error classes only) and the batch goes on without the
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pulmoscreen.model.explain import (
     label_to_explain,
     predict_with_maps,
 )
-from pulmoscreen.storage import heatmap_destination, to_stored_path
+from pulmoscreen.storage import heatmap_destination, to_stored_path, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +88,9 @@ def explain_flagged(
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` under a temporary name, flush it to disk, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    write_durably(path, lambda out: out.write(data), temp=temp)
 
 
 def store_heatmaps(
