@@ -38,6 +38,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,6 +50,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -103,6 +105,28 @@ MAX_CHARS = {
 }
 # Attributes a bare (ACR-NEMA style) data set must hold to count as an image header.
 _BARE_IMAGE_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Rows")
+# The only elements :func:`read_header` parses (pydicom seeks over the others' values): those the
+# screening rules read, those of the Image Pixel module the pixel data checks need
+# (``integrity.check_pixel_data``), and those that make a bare data set an image header.
+# (0008,0005) SpecificCharacterSet is always read, so texts decode as before.
+HEADER_TAGS: tuple[BaseTag, ...] = tuple(
+    Tag(keyword)
+    for keyword in (
+        *_BARE_IMAGE_KEYWORDS,
+        "StudyInstanceUID",
+        "PatientID",
+        "AccessionNumber",
+        "StudyDate",
+        *MAX_CHARS,
+        *DESCRIPTION_KEYWORDS,
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+    )
+)
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -137,6 +161,20 @@ class DicomImage:
 _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
 
 
+@cache
+def _tag(keyword: str) -> BaseTag:
+    return Tag(keyword)
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """The element's value, None when absent; by tag, which skips pydicom's keyword lookup
+    (about a fifth of the cost of reading a value)."""
+    try:
+        return ds[_tag(keyword)].value
+    except KeyError:
+        return None
+
+
 def _text(ds: Dataset, keyword: str, *, strict: bool = True) -> str | None:
     """The element's value as stripped text (trailing NUL padding removed).
 
@@ -144,7 +182,7 @@ def _text(ds: Dataset, keyword: str, *, strict: bool = True) -> str | None:
         Rejected: ``invalid_header`` when ``strict`` and the value holds control characters
             (an embedded NUL, say), which no DICOM text may and a database refuses.
     """
-    value = ds.get(keyword)
+    value = _value(ds, keyword)
     if value is None:
         return None
     if isinstance(value, MultiValue):
@@ -205,17 +243,22 @@ def configure_pydicom() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def _parse(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
+def _parse(
+    fh: BinaryIO, *, stop_before_pixels: bool, tags: tuple[BaseTag, ...] | None = None
+) -> Dataset:
     configure_pydicom()
+    specific = list(tags) if tags else None
     try:
-        return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, specific_tags=specific)
     except InvalidDicomError:
         pass
     fh.seek(0)
     if not _looks_like_bare_dataset(fh.read(8)):
         raise Rejected(RejectReason.NOT_DICOM, "no DICOM preamble or file meta")
     fh.seek(0)
-    ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, force=True)
+    ds = pydicom.dcmread(
+        fh, stop_before_pixels=stop_before_pixels, force=True, specific_tags=specific
+    )
     if not any(keyword in ds for keyword in _BARE_IMAGE_KEYWORDS):
         raise Rejected(RejectReason.NOT_DICOM, "no DICOM preamble and no image header")
     return ds
@@ -236,10 +279,13 @@ def _set_transfer_syntax(ds: Dataset) -> None:
     ds.file_meta.TransferSyntaxUID = syntax
 
 
-def _read_dataset(fh: BinaryIO, *, stop_before_pixels: bool) -> Dataset:
-    """Parse the open file; every way a header can be broken becomes a coded rejection."""
+def _read_dataset(
+    fh: BinaryIO, *, stop_before_pixels: bool, tags: tuple[BaseTag, ...] | None = None
+) -> Dataset:
+    """Parse the open file (only the elements ``tags`` names, when given); every way a header
+    can be broken becomes a coded rejection."""
     try:
-        ds = _parse(fh, stop_before_pixels=stop_before_pixels)
+        ds = _parse(fh, stop_before_pixels=stop_before_pixels, tags=tags)
         _set_transfer_syntax(ds)
     except Rejected:
         raise
@@ -277,8 +323,8 @@ def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
         modality=_code(ds, "Modality"),
         body_part=_code(ds, "BodyPartExamined"),
         view_position=_code(ds, "ViewPosition"),
-        rows=int(ds.get("Rows") or 0),
-        cols=int(ds.get("Columns") or 0),
+        rows=int(_value(ds, "Rows") or 0),
+        cols=int(_value(ds, "Columns") or 0),
         transfer_syntax=str(tsyntax)[:MAX_UID_CHARS] if tsyntax else None,
         descriptions=tuple(
             text.upper()[:64] for k in DESCRIPTION_KEYWORDS if (text := _text(ds, k, strict=False))
@@ -286,16 +332,19 @@ def _meta(ds: Dataset, *, require_uids: bool = True) -> DicomMeta:
     )
 
 
-def _cut_short(ds: Dataset, *, file_size: int) -> bool:
+def _cut_short(ds: Dataset, *, stop: int, file_size: int) -> bool:
     """Whether the file ends inside the header's last element.
 
-    pydicom reads a value the file cuts short without complaint, so compare where the last
-    element read says it ends with the file's size.
+    pydicom reads a value the file cuts short without complaint, and seeks past the end of the
+    file over a value it skips, so compare where the last element read says it ends, and where
+    the read stopped (``stop``), with the file's size.
     """
     if not len(ds):
         return True  # File Meta and nothing after it
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return False  # offsets are in the inflated stream, and zlib reports a cut itself
+    if stop > file_size:
+        return True
     last = ds.get_item(max(ds.keys()))
     value_tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
     if value_tell is None or length is None or length == 0xFFFFFFFF:
@@ -303,13 +352,29 @@ def _cut_short(ds: Dataset, *, file_size: int) -> bool:
     return bool(value_tell + length > file_size)
 
 
-def _header(fh: BinaryIO, *, require_uids: bool = True) -> tuple[Dataset, DicomMeta, int]:
-    """The header (pixels not read), its metadata and (0028,0008) NumberOfFrames."""
-    ds = _read_dataset(fh, stop_before_pixels=True)
-    if _cut_short(ds, file_size=os.fstat(fh.fileno()).st_size):
+def _read_header_dataset(fh: BinaryIO, *, tags: tuple[BaseTag, ...] | None) -> Dataset:
+    """The header up to the pixel data, ``fh`` left at the (7FE0,0010) PixelData element.
+
+    A data set that holds none of ``tags`` is read again whole, so that a file with nothing
+    after its File Meta is still told from one that lacks those elements.
+    """
+    ds = _read_dataset(fh, stop_before_pixels=True, tags=tags)
+    if tags and not len(ds):
+        fh.seek(0)
+        ds = _read_dataset(fh, stop_before_pixels=True)
+    if _cut_short(ds, stop=fh.tell(), file_size=os.fstat(fh.fileno()).st_size):
         raise Rejected(RejectReason.TRUNCATED, "the file ends inside the header")
+    return ds
+
+
+def _header(
+    fh: BinaryIO, *, require_uids: bool = True, tags: tuple[BaseTag, ...] | None = None
+) -> tuple[Dataset, DicomMeta, int]:
+    """The header (pixels not read; only the elements ``tags`` names, when given), its
+    metadata and (0028,0008) NumberOfFrames."""
+    ds = _read_header_dataset(fh, tags=tags)
     try:
-        return ds, _meta(ds, require_uids=require_uids), int(ds.get("NumberOfFrames") or 1)
+        return ds, _meta(ds, require_uids=require_uids), int(_value(ds, "NumberOfFrames") or 1)
     except Rejected:
         raise
     except Exception as exc:  # a malformed value (Rows, NumberOfFrames, ...)
@@ -386,13 +451,14 @@ def _check_integrity(fh: BinaryIO, ds: Dataset) -> int | None:
 def read_header(path: Path) -> DicomMeta:
     """Read and validate the header, and check that the pixel data is complete (not decoded).
 
-    Cheap: the header, plus a few bytes read and seeks at the pixel data.
+    Cheap: only the elements of ``HEADER_TAGS`` are parsed (pydicom seeks over the others'
+    values), plus a few bytes read and seeks at the pixel data.
 
     Raises:
         Rejected: the file is not a screenable chest radiograph; ``reason`` says why.
     """
     with _open_regular(path) as fh:
-        ds, meta, frames = _header(fh)
+        ds, meta, frames = _header(fh, tags=HEADER_TAGS)
         validate_meta(meta, frames=frames)
         _check_integrity(fh, ds)
     return meta

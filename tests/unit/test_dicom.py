@@ -202,6 +202,30 @@ class TestReadHeader:
         assert reason_of(read_header, path) == RejectReason.UNSUPPORTED_TRANSFER_SYNTAX
 
 
+class TestReadHeaderParsesOnlyWhatItNeeds:
+    """read_header parses only ``HEADER_TAGS``; read_dicom parses the whole header."""
+
+    @pytest.mark.parametrize(
+        "tags",
+        [
+            {"AccessionNumber": "A1", "PatientID": "P\\Q", "StudyDescription": "CHEST PA"},
+            {"BodyPartExamined": "", "SeriesDescription": "Thorax", "ProtocolName": "X"},
+            {"SpecificCharacterSet": "ISO_IR 100", "PatientID": "Müller"},
+            {"NumberOfFrames": 1, "PerformedProcedureStepDescription": "PA erect"},
+        ],
+    )
+    def test_same_metadata_as_the_whole_header(self, tmp_path, tags):
+        path = make_cxr_dicom(tmp_path, InstitutionName="Clinic", **tags)
+        assert read_header(path) == read_dicom(path).meta
+
+    @pytest.mark.parametrize(
+        "name", ["nih_normal_1.dcm", "nih_pneumonia_1.dcm", "kermany_normal_1.dcm"]
+    )
+    def test_same_metadata_as_the_whole_header_on_real_files(self, name):
+        path = Path(__file__).resolve().parents[2] / "pulmoscreen" / "sample_data" / name
+        assert read_header(path) == read_dicom(path).meta
+
+
 class TestReadHeaderPixelDataChecks:
     """Ingest rejects incomplete or lying files from the header, without decoding."""
 
@@ -217,6 +241,30 @@ class TestReadHeaderPixelDataChecks:
         cut_in_sop_uid = data.index(pydicom.dcmread(path).SOPInstanceUID.encode()) + 10
         path.write_bytes(data[:cut_in_sop_uid])
         assert reason_of(read_header, path) == RejectReason.TRUNCATED
+
+    def test_file_cut_inside_an_element_the_scan_skips_is_truncated(self, tmp_path):
+        """read_header parses only the elements it needs and seeks over the others' values:
+        a cut inside one of those is found as well (SeriesInstanceUID is not read)."""
+        path = make_cxr_dicom(tmp_path)
+        data = path.read_bytes()
+        cut_in_series_uid = data.index(pydicom.dcmread(path).SeriesInstanceUID.encode()) + 10
+        path.write_bytes(data[:cut_in_series_uid])
+        assert reason_of(read_header, path) == RejectReason.TRUNCATED
+
+    def test_file_meta_and_nothing_after_it_is_truncated(self, tmp_path):
+        path = make_cxr_dicom(tmp_path)
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"\x08\x00\x16\x00")])  # (0008,0016) SOPClassUID
+        assert reason_of(read_header, path) == RejectReason.TRUNCATED
+
+    def test_header_without_any_element_the_scan_reads_lacks_its_uids(self, tmp_path):
+        """Elements, but none of those the rules read: not mistaken for a cut file."""
+        ds = pydicom.dcmread(make_cxr_dicom(tmp_path))
+        for keyword in [e.keyword for e in ds if e.keyword not in ("PatientName", "HighBit")]:
+            delattr(ds, keyword)
+        path = tmp_path / "names_only.dcm"
+        ds.save_as(path)
+        assert reason_of(read_header, path) == RejectReason.MISSING_UID
 
     def test_no_pixel_data(self, tmp_path):
         path = rewrite(make_cxr_dicom(tmp_path), PixelData=None)
