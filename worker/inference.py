@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -18,7 +18,7 @@ from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
 from pulmoscreen.db.calibrations import active_calibration
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
-from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
+from pulmoscreen.imaging import FileChangedError, PreprocessSpec, read_dicom, to_model_input
 from pulmoscreen.model import (
     ContentScores,
     LoadedModel,
@@ -37,7 +37,6 @@ from pulmoscreen.storage import (
     move_file,
     resolve_stored_path,
     safe_name,
-    sha256_file,
     to_stored_path,
 )
 from worker.heatmaps import explain_flagged, forward_with_maps, store_heatmaps
@@ -208,25 +207,28 @@ def _predict_group(  # type: ignore[no-untyped-def]
 ) -> tuple[int, int]:
     """Claim, read, score and save ``group``; (predicted, new predictions).
 
-    Only a file that still holds what ingest registered is scored (its sha256 before the
-    decode, its size, mtime and inode unchanged after): a file rewritten in place since (a
-    sender correcting a header) is handed back to ingest, which registers it again under its
-    own header, so no result lands under the patient of the old one.
+    Only a file that still holds what ingest registered is scored: the bytes decoded are
+    those whose sha256 ingest registered (one read, ``read_dicom``'s ``sha256``), and the
+    file's size, mtime and inode are the same after the decode as before it. A file rewritten
+    in place since (a sender correcting a header) is handed back to ingest, which registers it
+    again under its own header, so no result lands under the patient of the old one.
     """
     by_id = {item.id: item for item in group}
     with factory.begin() as session:
         queries.claim_for_prediction(session, list(by_id))
     settled: set[int] = set()
+    changed: list[int] = []
     predicted = new = 0
     try:
-        seen, changed = _registered_files(group, threads=settings.decode_threads or None)
-        settled.update(item.id for item in changed if _send_back(factory, item))
+        seen = _files_in_place(group)
         chunks = iter_prepared(
             {image_id: by_id[image_id].path for image_id in seen},
             served.loaded.card.preprocess,
             chunk=settings.infer_batch,
             threads=settings.decode_threads or None,
             j2k_reduced=settings.j2k_reduced_decode,
+            sha256s={image_id: by_id[image_id].sha256 for image_id in seen},
+            changed=changed,
         )
         for ids, inputs, failures in chunks:
             for image_id, reason, detail, retry in failures:
@@ -246,6 +248,7 @@ def _predict_group(  # type: ignore[no-untyped-def]
                 settled.update(done)
                 predicted += len(done)
                 new += n_new
+        settled.update(i for i in changed if _send_back(factory, by_id[i]))
     finally:
         # Images left untried: the worker itself failed, or the file is not in place yet
         # (ingest finishes the move and sends it again). Neither is the image's attempt.
@@ -265,8 +268,8 @@ def _settle_failure(  # type: ignore[no-untyped-def]
     deferred: list[int],
 ) -> None:
     """An image that could not be read: handed back to ingest when its file changed since it
-    was hashed (it is not this file's failure), else failed or retried (``_fail``). Adds it to
-    ``settled`` before anything can raise, so it is not released as untried."""
+    was first looked at (it is not this file's failure), else failed or retried (``_fail``).
+    Adds it to ``settled`` before anything can raise, so it is not released as untried."""
     item, reason, detail, retry = failed
     if _moved_on(item, seen[item.id]):
         if _send_back(factory, item):
@@ -358,42 +361,22 @@ def _score_chunk(  # type: ignore[no-untyped-def]
     return [i for i, kept in zip(ids, intact, strict=True) if kept] + handed_back, new
 
 
-def _registered_files(
-    items: list[_Todo], *, threads: int | None
-) -> tuple[dict[int, os.stat_result | None], list[_Todo]]:
-    """Each file's state before its decode, for those that hold the content ingest registered
-    (by sha256), and the items whose file changed since. A file not in place is in neither; a
-    file that cannot be read is decoded anyway (state None), and its decode says why."""
-
-    def check(item: _Todo) -> os.stat_result | bool | None:
-        try:
-            before = item.path.stat()
-        except FileNotFoundError:
-            return True  # not in place
-        except OSError:
-            return None
-        try:
-            if item.sha256 is not None and sha256_file(item.path) != item.sha256:
-                return False
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return None
-        return before
-
+def _files_in_place(items: list[_Todo]) -> dict[int, os.stat_result | None]:
+    """Each file's state before its read, for the files in place: a file not moved yet is left
+    out; one that cannot be looked at is decoded anyway (state None), and its read says why."""
     seen: dict[int, os.stat_result | None] = {}
-    changed: list[_Todo] = []
-    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        for item, state in zip(items, pool.map(check, items), strict=True):
-            if state is False:
-                changed.append(item)
-            elif state is not True:
-                seen[item.id] = state
-    return seen, changed
+    for item in items:
+        try:
+            seen[item.id] = item.path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            seen[item.id] = None
+    return seen
 
 
 def _moved_on(item: _Todo, before: os.stat_result | None) -> bool:
-    """Whether the file was rewritten or replaced after :func:`_registered_files` looked."""
+    """Whether the file was rewritten or replaced after :func:`_files_in_place` looked."""
     if before is None:
         return False
     try:
@@ -501,12 +484,19 @@ def served_preprocess_spec(model_path: Path | None) -> PreprocessSpec:
 Failure = tuple[int, RejectReason, str, bool]
 
 
+# The file holds other bytes than those registered (``read_dicom``'s ``sha256``)
+CHANGED = "changed"
+# a model input, why there is none, CHANGED, or None: not in place yet (see _prepare_one)
+_Outcome = NDArray[np.float32] | tuple[RejectReason, str, bool] | str | None
+
+
 def _prepare_one(
-    path: Path, spec: PreprocessSpec, *, j2k_reduced: bool = False
-) -> NDArray[np.float32] | tuple[RejectReason, str, bool] | None:
-    """One file's model input, why it cannot have one, or None when the file is not in place
-    yet: ingest commits the row before it moves the file, and finishes an interrupted move
-    (then sends the task again), so a missing file is no reason to give the study up.
+    path: Path, spec: PreprocessSpec, *, j2k_reduced: bool = False, sha256: str | None = None
+) -> _Outcome:
+    """One file's model input, why it cannot have one, ``CHANGED`` when its bytes are not
+    those of ``sha256``, or None when the file is not in place yet: ingest commits the row
+    before it moves the file, and finishes an interrupted move (then sends the task again), so
+    a missing file is no reason to give the study up.
 
     Only a coded rejection of the file's content is final. A read error (``EIO``/``ESTALE`` of
     a network filesystem), memory exhausted, a decoder killed or timed out, or an error nobody
@@ -516,10 +506,12 @@ def _prepare_one(
     as from full-resolution pixels (``tests/unit/test_decode_parity.py``).
     """
     try:
-        image = read_dicom(path, size=spec.size, j2k_reduced=j2k_reduced)
+        image = read_dicom(path, size=spec.size, j2k_reduced=j2k_reduced, sha256=sha256)
         return to_model_input(image.pixels, spec)
     except Rejected as exc:
         return exc.reason, exc.detail, exc.retry
+    except FileChangedError:
+        return CHANGED
     except FileNotFoundError:
         log.warning("%s is not in place yet: left queued for ingest to finish its move", path.name)
         return None
@@ -542,17 +534,27 @@ def iter_prepared(
     chunk: int,
     threads: int | None = None,
     j2k_reduced: bool = False,
+    sha256s: Mapping[int, str | None] | None = None,
+    changed: list[int] | None = None,
 ) -> Iterator[tuple[list[int], NDArray[np.float32], list[Failure]]]:
     """Decode and preprocess ``paths`` on a thread pool, yielding chunks of ``chunk`` good
     inputs (in order) with the failures seen since the last chunk.
 
     Every file is submitted at once, so the pool keeps decoding while the caller runs the
     model on the chunk it was handed. Decoding releases the GIL (pydicom's reads, NumPy and
-    OpenCV; compressed data decodes in helper processes).
+    OpenCV; compressed data decodes in helper processes). A file with an entry in ``sha256s``
+    is decoded only if its bytes have that sha256; the ids of those that have not are added
+    to ``changed``, which the caller reads once the iteration ends.
     """
+    hashes = sha256s or {}
+
+    def prepare(item: tuple[int, Path]) -> _Outcome:
+        image_id, path = item
+        return _prepare_one(path, spec, j2k_reduced=j2k_reduced, sha256=hashes.get(image_id))
+
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         items = list(paths.items())
-        outputs = pool.map(lambda item: _prepare_one(item[1], spec, j2k_reduced=j2k_reduced), items)
+        outputs = pool.map(prepare, items)
         ids: list[int] = []
         inputs: list[NDArray[np.float32]] = []
         failures: list[Failure] = []
@@ -560,8 +562,10 @@ def iter_prepared(
             if isinstance(out, np.ndarray):
                 ids.append(image_id)
                 inputs.append(out)
-            elif out is not None:
+            elif isinstance(out, tuple):
                 failures.append((image_id, *out))
+            elif out == CHANGED and changed is not None:
+                changed.append(image_id)
             if len(ids) >= chunk:
                 yield ids, _stack(inputs, spec), failures
                 ids, inputs, failures = [], [], []

@@ -9,15 +9,17 @@ or hangs, that image is rejected (``decode_failed``), the helper is restarted fo
 and the worker goes on.
 
 The channel is a pair of pipes carrying length-prefixed pickles between this process and its own
-helper: a request in (the file path, and how far to decode: see :func:`decode_isolated`),
-``(True, stored pixel array)`` or ``(False, error text)`` out. An image decoded for the model
-is resized in the helper, so only its small array crosses the pipe.
+helper: a request in (the file path or its bytes, and how far to decode: see
+:func:`decode_isolated`), ``(True, stored pixel array)`` or ``(False, error text)`` out. An
+image decoded for the model is resized in the helper, so only its small array crosses the
+pipe back.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
 import pickle
 import queue
@@ -34,8 +36,9 @@ from numpy.typing import NDArray
 
 DECODE_TIMEOUT_S = 120.0
 _HEADER = struct.Struct("<Q")
-# (path, size, j2k_min_side): what the helper is asked to decode, see decode_isolated
-_Request = tuple[str, int | None, int | None]
+# (path or file bytes, size, j2k_min_side): what the helper is asked to decode, see
+# decode_isolated
+_Request = tuple[str | bytes, int | None, int | None]
 
 
 class DecoderError(RuntimeError):
@@ -184,18 +187,19 @@ def stop_decoders() -> None:
 
 
 def decode_isolated(
-    path: Path,
+    source: Path | bytes,
     *,
     size: int | None = None,
     j2k_min_side: int | None = None,
     timeout: float = DECODE_TIMEOUT_S,
 ) -> NDArray[Any]:
-    """Pixels of ``path``, decoded in a helper process.
+    """Pixels of a DICOM file, decoded in a helper process.
 
     Thread-safe: each calling thread gets a helper of its own (up to one per CPU).
 
     Args:
-        path: the DICOM file.
+        source: the DICOM file's path (the helper reads it), or its bytes already read (they
+            cross the pipe, so the file is not read again).
         size: None gives every frame's stored values at full resolution; a side gives the
             first frame's display pixels at ``size`` x ``size`` (``dicom.display_pixels``),
             made in the helper.
@@ -206,10 +210,11 @@ def decode_isolated(
     Raises:
         DecoderError: no decoder could decode the data, or the decoder crashed or hung.
     """
-    return decoder_pool().decode((str(path), size, j2k_min_side), timeout=timeout)
+    request = source if isinstance(source, bytes) else str(source)
+    return decoder_pool().decode((request, size, j2k_min_side), timeout=timeout)
 
 
-def _decode_file(path: str, size: int | None, j2k_min_side: int | None) -> NDArray[Any]:
+def _decode_file(source: str | bytes, size: int | None, j2k_min_side: int | None) -> NDArray[Any]:
     import pydicom
 
     from pulmoscreen.imaging.codecs import register_decoders
@@ -218,9 +223,12 @@ def _decode_file(path: str, size: int | None, j2k_min_side: int | None) -> NDArr
 
     configure_pydicom()
     register_decoders()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        ds = pydicom.dcmread(fh, force=True)
+    if isinstance(source, bytes):
+        ds = pydicom.dcmread(io.BytesIO(source), force=True)
+    else:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            ds = pydicom.dcmread(fh, force=True)
     if size is None:
         return np.asarray(ds.pixel_array)
     stored = reduced_first_frame(ds, min_side=j2k_min_side) if j2k_min_side else None
@@ -238,11 +246,11 @@ def serve() -> None:
     channel_in = sys.stdin.buffer
     while True:
         try:
-            path, size, j2k_min_side = _recv(channel_in)
+            source, size, j2k_min_side = _recv(channel_in)
         except EOFError:
             return
         try:
-            reply: tuple[bool, object] = (True, _decode_file(path, size, j2k_min_side))
+            reply: tuple[bool, object] = (True, _decode_file(source, size, j2k_min_side))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a Rust decoder's panic is a BaseException: report it too

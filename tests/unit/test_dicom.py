@@ -11,6 +11,7 @@ from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -486,6 +487,59 @@ class TestReadDicom:
     def test_validate_false_reads_any_image(self, tmp_path):
         path = make_cxr_dicom(tmp_path, rows=128, cols=96, Modality="MR", NumberOfFrames=1)
         assert read_dicom(path, validate=False).pixels.shape == (128, 96)
+
+
+class TestReadDicomAgainstSha256:
+    """``sha256``: the file is read once, and the bytes hashed are the bytes decoded."""
+
+    @staticmethod
+    def sha256(path: Path) -> str:
+        import hashlib
+
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, *LOSSLESS])
+    @pytest.mark.parametrize("size", [None, 224])
+    def test_same_pixels_as_from_the_file(self, tmp_path, syntax, size):
+        path = make_cxr_dicom(tmp_path, rows=600, cols=500, transfer_syntax=syntax)
+        checked = read_dicom(path, size=size, sha256=self.sha256(path))
+        np.testing.assert_array_equal(checked.pixels, read_dicom(path, size=size).pixels)
+        assert checked.meta == read_dicom(path).meta
+
+    def test_other_bytes_are_refused_before_any_decoding(self, tmp_path, monkeypatch):
+        from pulmoscreen.imaging import FileChangedError, dicom
+
+        path = make_cxr_dicom(tmp_path, seed=3)
+        registered = self.sha256(path)
+        rewrite(path, PatientID="CORRECTED")
+        monkeypatch.setattr(dicom, "_decode_open", None)  # anything decoded would fail here
+        with pytest.raises(FileChangedError):
+            read_dicom(path, size=224, sha256=registered)
+
+    def test_compressed_bytes_cross_to_the_helper_instead_of_the_path(self, tmp_path, monkeypatch):
+        from pulmoscreen.imaging import dicom
+
+        path = make_cxr_dicom(tmp_path, transfer_syntax=JPEG2000Lossless)
+        sources: list[object] = []
+        real = dicom.decode_isolated
+
+        def spy(source, **options):  # type: ignore[no-untyped-def]
+            sources.append(source)
+            return real(source, **options)
+
+        monkeypatch.setattr(dicom, "decode_isolated", spy)
+        read_dicom(path, size=224, sha256=self.sha256(path))
+        read_dicom(path, size=224)
+        assert sources == [path.read_bytes(), path]
+
+    def test_an_empty_file_is_not_the_registered_one(self, tmp_path):
+        from pulmoscreen.imaging import FileChangedError
+
+        path = make_cxr_dicom(tmp_path)
+        registered = self.sha256(path)
+        path.write_bytes(b"")
+        with pytest.raises(FileChangedError):
+            read_dicom(path, size=224, sha256=registered)
 
 
 class TestRealChestCR:

@@ -13,12 +13,14 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from sqlalchemy import func, select
 
 from ingest import Ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, ModelRow, PredictionRow, queries, session_factory
 from pulmoscreen.domain import LABELS, Prediction, RejectReason
+from pulmoscreen.imaging import dicom
 from pulmoscreen.model import ModelCard
 from tests.factories import add_model_row, make_cxr_dicom
 from worker import heatmaps, inference
@@ -401,6 +403,53 @@ class TestFileChangedSinceIngest:
         assert predictions_per_image(sqlite_url) == {}
         assert image_id not in rows(sqlite_url)
         assert [p.name for p in drop.iterdir() if p.is_file()] == ["00.dcm"]
+
+    @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless])
+    def test_each_file_is_read_once(
+        self, tmp_path, sqlite_url, tiny_model_path, monkeypatch, syntax
+    ):
+        """The sha256 check and the decode share one read: the worker opens each file once,
+        and a compressed one's bytes go to the decoding helper, which opens nothing."""
+        import builtins
+        import io
+        import os
+
+        drop = tmp_path / "inbox"
+        for k in range(2):
+            make_cxr_dicom(drop, seed=98 + k, filename=f"{k:02d}.dcm", transfer_syntax=syntax)
+        sessions = session_factory(sqlite_url)
+        ids = [
+            o.image_id
+            for o in Ingestor(
+                drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0
+            ).scan_once()
+        ]
+        stored = {Path(rows(sqlite_url)[i].stored_path).resolve() for i in ids}
+        opened: list[Path] = []
+
+        def counting(real):  # type: ignore[no-untyped-def]
+            def open_counted(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+                if isinstance(file, str | Path) and Path(file).resolve() in stored:
+                    opened.append(Path(file).resolve())
+                return real(file, *args, **kwargs)
+
+            return open_counted
+
+        for module, name in ((os, "open"), (io, "open"), (builtins, "open")):
+            monkeypatch.setattr(module, name, counting(getattr(module, name)))
+        sent: list[object] = []
+        real_decode = dicom.decode_isolated
+
+        def decode_sent(source, **options):  # type: ignore[no-untyped-def]
+            sent.append(source)
+            return real_decode(source, **options)
+
+        monkeypatch.setattr(dicom, "decode_isolated", decode_sent)
+        predict_images(settings_for(sqlite_url, tiny_model_path), ids, worker="w")
+        assert predictions_per_image(sqlite_url) == dict.fromkeys(ids, 1)
+        assert sorted(opened) == sorted(stored)
+        assert len(sent) == (2 if syntax == JPEG2000Lossless else 0)
+        assert all(isinstance(source, bytes) for source in sent)
 
     def test_ingest_registers_anew_a_file_handed_back_before_its_row_was_removed(
         self, tmp_path, sqlite_url
