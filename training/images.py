@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
+from pulmoscreen.imaging import PreprocessSpec, read_dicom, read_model_input, to_model_input
 from pulmoscreen.imaging.preprocess import normalize_grey, resize_grey
 from training.dataset import Sample
 
@@ -33,7 +33,11 @@ def load_display_pixels(path: Path) -> NDArray[np.generic]:
 
 
 def model_input_for(path: Path, spec: PreprocessSpec) -> NDArray[np.float32]:
-    """The exact array the worker would feed the model for this file."""
+    """The exact array the worker would feed the model for this file: a DICOM through the
+    worker's own read (``read_model_input``: decoded at the model's size, JPEG 2000 in full as
+    the served default), a PNG/JPEG from its stored pixels."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_model_input(path, spec)
     return to_model_input(load_display_pixels(path), spec)
 
 

@@ -18,7 +18,7 @@ from pulmoscreen.config import Settings
 from pulmoscreen.db import queries, session_factory
 from pulmoscreen.db.calibrations import active_calibration
 from pulmoscreen.domain import LABELS, Rejected, RejectReason
-from pulmoscreen.imaging import FileChangedError, PreprocessSpec, read_dicom, to_model_input
+from pulmoscreen.imaging import FileChangedError, PreprocessSpec, read_model_input
 from pulmoscreen.model import (
     ContentScores,
     LoadedModel,
@@ -502,12 +502,12 @@ def _prepare_one(
     a network filesystem), memory exhausted, a decoder killed or timed out, or an error nobody
     foresaw may pass: the image is tried again, up to its last attempt.
 
-    Only the resolution the model needs is decoded (``read_dicom``'s ``size``): the same input
-    as from full-resolution pixels (``tests/unit/test_decode_parity.py``).
+    Only the resolution the model needs is decoded (``read_model_input``, which training's
+    calibration and evaluation share): the same input as from full-resolution pixels
+    (``tests/unit/test_decode_parity.py``).
     """
     try:
-        image = read_dicom(path, size=spec.size, j2k_reduced=j2k_reduced, sha256=sha256)
-        return to_model_input(image.pixels, spec)
+        return read_model_input(path, spec, j2k_reduced=j2k_reduced, sha256=sha256)
     except Rejected as exc:
         return exc.reason, exc.detail, exc.retry
     except FileChangedError:

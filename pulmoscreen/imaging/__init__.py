@@ -6,6 +6,7 @@ from pulmoscreen.imaging.dicom import (
     FileChangedError,
     read_dicom,
     read_header,
+    read_model_input,
 )
 from pulmoscreen.imaging.preprocess import PreprocessSpec, to_model_input
 
@@ -16,5 +17,6 @@ __all__ = [
     "PreprocessSpec",
     "read_dicom",
     "read_header",
+    "read_model_input",
     "to_model_input",
 ]

@@ -64,7 +64,7 @@ from pydicom.uid import (
 from pulmoscreen.domain import Rejected, RejectReason
 from pulmoscreen.imaging.integrity import check_pixel_data
 from pulmoscreen.imaging.isolation import DecoderError, decode_isolated
-from pulmoscreen.imaging.preprocess import shrink_stored
+from pulmoscreen.imaging.preprocess import PreprocessSpec, shrink_stored, to_model_input
 
 CHEST_MODALITIES = frozenset({"CR", "DX", "DR"})
 CHEST_BODY_PART_WORDS = ("CHEST", "THORAX", "THORAC", "TORAX", "LUNG", "PULMO")
@@ -752,6 +752,27 @@ def read_dicom(
     with _open_regular(path) as fh:
         source = _read_verified(fh, sha256) if sha256 is not None else fh
         return _decode_open(path, source, validate=validate, size=size, j2k_reduced=j2k_reduced)
+
+
+def read_model_input(
+    path: Path, spec: PreprocessSpec, *, j2k_reduced: bool = False, sha256: str | None = None
+) -> NDArray[np.float32]:
+    """The model input for a DICOM file, as the worker makes it: :func:`read_dicom` at the
+    model's size (``spec.size``), then ``to_model_input``. Calibration, evaluation and the
+    content check's fit read DICOMs through it as well, so they see the array serving sees.
+
+    Args:
+        path: the DICOM file.
+        spec: the model's input recipe (its card's ``PreprocessSpec``).
+        j2k_reduced: the served ``PULMO_J2K_REDUCED_DECODE`` (see :func:`read_dicom`).
+        sha256: the sha256 the file must have (see :func:`read_dicom`).
+
+    Raises:
+        Rejected: the file cannot be screened (see :func:`read_dicom`).
+        FileChangedError: with ``sha256``, the file holds other bytes.
+    """
+    image = read_dicom(path, size=spec.size, j2k_reduced=j2k_reduced, sha256=sha256)
+    return to_model_input(image.pixels, spec)
 
 
 def _decode_open(

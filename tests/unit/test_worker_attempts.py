@@ -60,14 +60,14 @@ def _die_on(poison: str, sqlite_url: str, model: str, ids: list[int], max_attemp
 
     from worker import inference as worker_inference
 
-    real = worker_inference.read_dicom
+    real = worker_inference.read_model_input
 
-    def read(path: Path, **options: object):  # type: ignore[no-untyped-def]
+    def read(path: Path, *args: object, **options: object):  # type: ignore[no-untyped-def]
         if Path(path).name.endswith(poison):
             os._exit(137)
-        return real(path, **options)
+        return real(path, *args, **options)
 
-    worker_inference.read_dicom = read  # type: ignore[assignment]
+    worker_inference.read_model_input = read  # type: ignore[assignment]
     predict_images(
         settings_for(sqlite_url, Path(model), max_attempts=max_attempts, decode_threads=1),
         ids,
@@ -130,15 +130,15 @@ class TestWorkerCrash:
 
 class TestTemporaryFailure:
     def eio_reader(self, monkeypatch, failing: set[str], times: list[int]):
-        real = inference.read_dicom
+        real = inference.read_model_input
 
-        def read(path: Path, **options: object):  # type: ignore[no-untyped-def]
+        def read(path: Path, *args: object, **options: object):  # type: ignore[no-untyped-def]
             if Path(path).name in failing and times[0] > 0:
                 times[0] -= 1
                 raise OSError(errno.EIO, "Input/output error", str(path))
-            return real(path, **options)
+            return real(path, *args, **options)
 
-        monkeypatch.setattr(inference, "read_dicom", read)
+        monkeypatch.setattr(inference, "read_model_input", read)
 
     def test_a_read_error_that_passes_is_tried_again_not_quarantined(
         self, tmp_path, sqlite_url, tiny_model_path, monkeypatch
@@ -304,17 +304,17 @@ class TestReExport:
         sessions = session_factory(sqlite_url)
         ingestor = Ingestor(drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0)
         [first] = ingestor.scan_once()
-        real = inference.read_dicom
+        real = inference.read_model_input
 
-        def eio(path: Path, **_: object):  # type: ignore[no-untyped-def]
+        def eio(path: Path, *_: object, **__: object):  # type: ignore[no-untyped-def]
             raise OSError(errno.ESTALE, "Stale file handle", str(path))
 
-        monkeypatch.setattr(inference, "read_dicom", eio)
+        monkeypatch.setattr(inference, "read_model_input", eio)
         settings = settings_for(sqlite_url, tiny_model_path, max_attempts=1)
         predict_images(settings, [first.image_id], worker="w")
         predict_images(settings, [first.image_id], worker="w")
         assert rows(sqlite_url)[first.image_id].reject_reason == "unreadable"
-        monkeypatch.setattr(inference, "read_dicom", real)
+        monkeypatch.setattr(inference, "read_model_input", real)
 
         # the site sends the study again: it is screened, not refused as a duplicate
         (drop / "study.dcm").write_bytes(original.read_bytes())
@@ -390,14 +390,14 @@ class TestFileChangedSinceIngest:
     ):
         drop = tmp_path / "inbox"
         [image_id] = ingest(drop, sqlite_url, 1, seed=96)
-        real = inference.read_dicom
+        real = inference.read_model_input
 
-        def read_then_rewritten(path: Path, **options: object):  # type: ignore[no-untyped-def]
-            image = real(path, **options)
+        def read_then_rewritten(path: Path, *args: object, **options: object):  # type: ignore[no-untyped-def]
+            image = real(path, *args, **options)
             self.rewrite(Path(path), seed=96, patient="CORRECTED")
             return image
 
-        monkeypatch.setattr(inference, "read_dicom", read_then_rewritten)
+        monkeypatch.setattr(inference, "read_model_input", read_then_rewritten)
         settings = settings_for(sqlite_url, tiny_model_path, decode_threads=1)
         assert predict_images(settings, [image_id], worker="w") == []
         assert predictions_per_image(sqlite_url) == {}
