@@ -18,6 +18,7 @@ from pulmoscreen.domain import DISEASE_LABELS, LABELS
 from pulmoscreen.model import LoadedModel, ModelCard, card_path_for, load_screening_model
 from pulmoscreen.model.build import save_compact
 from pulmoscreen.model.card import sha256_file
+from training.adapt import held_out_site_adapted
 from training.audit import source_probe
 from training.dataset import discover
 from training.evaluate import metrics_with_sources, predict_samples, write_report
@@ -232,6 +233,10 @@ def _only(source: str, samples: list[Any], probs: np.ndarray) -> tuple[list[Any]
     return [s for s in samples if s.source == source], probs[keep]
 
 
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("n", "accuracy", "macro_auc", "per_class")}
+
+
 def loso_figures(runs: tuple[Path, ...]) -> dict[str, Any]:
     """Per held-out source, what a model trained without it scored on all of it: read from
     each leave-one-source-out run's card (``held_out``), with the run's model version."""
@@ -244,13 +249,16 @@ def loso_figures(runs: tuple[Path, ...]) -> dict[str, Any]:
         held = card.details.get("held_out") or {}
         if not held:
             raise ValueError(f"{run}: its model was trained with every source (no --hold-out)")
+        adapted = card.details.get("held_out_site_adapted") or {}
         for source, metrics in held.items():
             found[source] = {
                 "model_version": card.version,
                 "trained_on": sorted(card.details.get("data_counts", {}).get("train", {})),
-                **{k: metrics[k] for k in ("n", "accuracy", "macro_auc", "per_class")},
+                **_headline(metrics),
                 "source_probe": card.details.get("test_metrics", {}).get("source_probe"),
             }
+            if source in adapted:
+                found[source]["site_adapted"] = _headline(adapted[source])
     return found
 
 
@@ -295,6 +303,9 @@ def calibrate_and_test(
             source: write_report(out / HELD_OUT / source, *_only(source, held, held_probs), loaded)
             for source in sorted({s.source for s in held})
         }
+        adapted = held_out_site_adapted(loaded, held, inputs[HELD_OUT], out / HELD_OUT)
+        if adapted:
+            found["held_out_site_adapted"] = adapted
     card = ModelCard(**{**card.__dict__, "details": {**card.details, **found}})
     card.save(card_path_for(model_path))
     (out / "MODEL_CARD.md").write_text(render_model_card(card))

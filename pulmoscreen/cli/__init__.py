@@ -9,6 +9,7 @@ from collections.abc import Callable
 import typer
 
 from pulmoscreen.cli import (
+    adaptation,
     calibration,
     content_check,
     delivery,
@@ -52,6 +53,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "train": models.train,
     "rethreshold": models.rethreshold,
     "calibrate": calibration.calibrate,
+    "adapt": adaptation.adapt,
     "evaluate": models.evaluate,
     "export-openvino": models.export_openvino,
     "pack-data": models.pack_data,
