@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import PreprocessSpec
+from training.adapt import DEFAULT_STAGES, stage_layers
 from training.adversary import (
     adversarial_model,
     gradient_reversal_class,
@@ -85,6 +86,10 @@ class TrainConfig:
     # checkpoint ships). Dense weight averaging seeks flat minima, which transfer better to
     # unseen domains (SWAD, Cha et al. 2021).
     swa_from: int = 0
+    # Every training batch from one source, with the BatchNorm layers of the stages that site
+    # adaptation re-estimates (training/adapt.py) normalising by the batch: each source is then
+    # seen with its own early statistics, as an adapted site's images are served.
+    source_batches: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -115,6 +120,7 @@ class TrainConfig:
             "train_from": self.train_from,
             "adversarial": self.adversarial,
             "swa_from": self.swa_from,
+            "source_batches": self.source_batches,
         }
 
     @property
@@ -174,6 +180,26 @@ def epoch_order(
     return rng.permutation(np.concatenate(chosen))
 
 
+def source_batch_order(
+    order: NDArray[np.int64],
+    sources: NDArray[np.int64],
+    batch_size: int,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """``order`` regrouped so that every run of ``batch_size`` indices comes from one source:
+    each source's indices in their order, cut into batches, the batches shuffled. A source's
+    last batch may be short; it is padded with its own indices drawn again."""
+    batches = []
+    for source in np.unique(sources[order]):
+        own = order[sources[order] == source]
+        for start in range(0, len(own), batch_size):
+            batch = own[start : start + batch_size]
+            if len(batch) < batch_size:
+                batch = np.concatenate([batch, rng.choice(own, batch_size - len(batch))])
+            batches.append(batch)
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
 def model_inputs(
     planes: NDArray[Any],
     spec: PreprocessSpec,
@@ -214,8 +240,10 @@ def _batches_class() -> type:
             seed=0,
             sources=None,
             adversarial=0.0,
+            batch_sources=None,
         ):
             super().__init__()
+            self.batch_sources = batch_sources
             self.x, self.y, self.w, self.spec, self.augment = x, y, weights, spec, augment
             self.batch_size, self.shuffle = batch_size, shuffle
             self.groups = groups if groups is not None else np.zeros(len(y), np.int64)
@@ -227,7 +255,10 @@ def _batches_class() -> type:
         def _order(self) -> NDArray[np.int64]:
             if not self.shuffle:
                 return np.arange(len(self.y))
-            return epoch_order(self.groups, self.max_per_group, self.rng)
+            order = epoch_order(self.groups, self.max_per_group, self.rng)
+            if self.batch_sources is None:
+                return order
+            return source_batch_order(order, self.batch_sources, self.batch_size, self.rng)
 
         def __len__(self) -> int:
             return math.ceil(len(self.order) / self.batch_size)
@@ -465,22 +496,28 @@ def _build_training_model(config: TrainConfig, n_sources: int) -> tuple[Any, Any
     return keras.Model(inputs, serving(x), name="training"), serving
 
 
-def set_trainable(serving: Any, *, phase_one: bool, from_: str) -> None:
+def set_trainable(
+    serving: Any, *, phase_one: bool, from_: str, batch_stats: Sequence[str] = ()
+) -> None:
     """Freeze the whole backbone (head-only phase), or its layers before the first whose name
     starts with ``from_``. Frozen BatchNorm layers run in inference mode in Keras 3, so their
-    statistics do not drift while the layers above them learn."""
+    statistics do not drift while the layers above them learn. The BatchNorm layers of the
+    ``batch_stats`` stages stay trainable (batch statistics, their scale and offset learn)."""
     import keras
 
     backbone = next(layer for layer in serving.layers if isinstance(layer, keras.Model))
     backbone.trainable = not phase_one
-    if phase_one or not from_:
+    if phase_one:
         return
-    names = [layer.name for layer in backbone.layers]
-    first = next((i for i, name in enumerate(names) if name.startswith(from_)), None)
-    if first is None:
-        raise ValueError(f"--train-from {from_!r}: no backbone layer starts with it")
-    for layer in backbone.layers[:first]:
-        layer.trainable = False
+    if from_:
+        names = [layer.name for layer in backbone.layers]
+        first = next((i for i, name in enumerate(names) if name.startswith(from_)), None)
+        if first is None:
+            raise ValueError(f"--train-from {from_!r}: no backbone layer starts with it")
+        for layer in backbone.layers[:first]:
+            layer.trainable = False
+    for layer in stage_layers(backbone, batch_stats):
+        layer.trainable = True
 
 
 def sources_seen_by(init: str | Path | None) -> set[str]:
@@ -541,6 +578,9 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
         seed=config.seed,
         sources=source_index("train"),
         adversarial=config.adversarial,
+        batch_sources=np.array([names.index(s.source) for s in splits["train"]])
+        if config.source_batches
+        else None,
     )
     val_ds = batches(
         x_val,
@@ -612,7 +652,12 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
     for phase, until, lr in phases:
         if done >= until:
             continue
-        set_trainable(serving, phase_one=config.pretrained and phase == 1, from_=config.train_from)
+        set_trainable(
+            serving,
+            phase_one=config.pretrained and phase == 1,
+            from_=config.train_from,
+            batch_stats=DEFAULT_STAGES if config.source_batches else (),
+        )
         if not state or state["phase"] != phase:
             _compile(model, lr, len(train_ds) * (until - done), adversarial=config.adversarial > 0)
         model.fit(

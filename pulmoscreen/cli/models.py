@@ -59,6 +59,13 @@ LosoRuns = Annotated[
 Acquisition = Annotated[
     float, typer.Option(help="Probability of each acquisition jitter (0: off).")
 ]
+SourceBatches = Annotated[
+    bool,
+    typer.Option(
+        help="Each batch from one source, early BatchNorm layers on batch statistics "
+        "(site adaptation's stages)."
+    ),
+]
 MaxPerGroup = Annotated[
     int, typer.Option(help="Images per (source, label) group per epoch (0: all).")
 ]
@@ -115,6 +122,7 @@ def train(
     adversarial: Adversarial = 0.0,
     train_from: TrainFrom = "",
     swa_from: SwaFrom = 0,
+    source_batches: SourceBatches = False,
     seed: int = 0,
     patience: Patience = 3,
     rotation: Rotation = 10.0,

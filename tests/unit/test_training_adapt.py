@@ -208,3 +208,34 @@ class TestHeldOutSiteAdapted:
 
         loaded = load_screening_model(tiny_model_path, labels=LABELS)
         assert held_out_site_adapted(loaded, [], np.zeros((0, 8, 8), np.float32), Path()) == {}
+
+
+class TestSourceBatches:
+    def test_every_batch_comes_from_one_source_and_every_image_is_drawn(self) -> None:
+        from training.train import source_batch_order
+
+        sources = np.array([0] * 50 + [1] * 7 + [2] * 33)
+        rng = np.random.default_rng(1)
+        order = rng.permutation(90)
+        batched = source_batch_order(order, sources, 8, rng)
+        assert len(batched) % 8 == 0
+        batches = batched.reshape(-1, 8)
+        assert all(len(set(sources[b])) == 1 for b in batches)
+        assert set(batched) == set(order)
+        in_turn = [int(sources[b[0]]) for b in batches]
+        assert in_turn != sorted(in_turn)  # the batches are shuffled, not source after source
+
+    def test_early_batchnorm_layers_train_while_their_convolutions_stay_frozen(self) -> None:
+        from training.adapt import DEFAULT_STAGES
+        from training.train import set_trainable
+
+        model = build_model(LABELS, weights=None, input_size=32)
+        set_trainable(model, phase_one=False, from_="conv4", batch_stats=DEFAULT_STAGES)
+        backbone = model.get_layer("resnet50")
+        assert backbone.get_layer("conv1_bn").trainable
+        assert backbone.get_layer("conv3_block1_1_bn").trainable
+        assert not backbone.get_layer("conv1_conv").trainable
+        assert not backbone.get_layer("conv3_block1_1_conv").trainable
+        assert backbone.get_layer("conv4_block1_1_conv").trainable
+        set_trainable(model, phase_one=False, from_="conv4")
+        assert not backbone.get_layer("conv1_bn").trainable
