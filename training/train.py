@@ -182,13 +182,16 @@ def epoch_order(
 
 def source_batch_order(
     order: NDArray[np.int64],
-    sources: NDArray[np.int64],
+    sources: NDArray[np.int64] | None,
     batch_size: int,
     rng: np.random.Generator,
 ) -> NDArray[np.int64]:
     """``order`` regrouped so that every run of ``batch_size`` indices comes from one source:
     each source's indices in their order, cut into batches, the batches shuffled. A source's
-    last batch may be short; it is padded with its own indices drawn again."""
+    last batch may be short; it is padded with its own indices drawn again. ``order`` itself
+    when ``sources`` is None."""
+    if sources is None:
+        return order
     batches = []
     for source in np.unique(sources[order]):
         own = order[sources[order] == source]
@@ -222,8 +225,7 @@ def _batches_class() -> type:
     import keras
 
     class Batches(keras.utils.PyDataset):  # type: ignore[misc, name-defined]
-        """Mini-batches from cached resized planes: optionally re-acquired (``jitter_plane``),
-        normalised as served, repeated into 3 channels; reshuffled (and resampled) per epoch."""
+        """Batches of cached planes (``model_inputs``), reshuffled and resampled per epoch."""
 
         def __init__(  # type: ignore[no-untyped-def]
             self,
@@ -243,12 +245,11 @@ def _batches_class() -> type:
             batch_sources=None,
         ):
             super().__init__()
-            self.batch_sources = batch_sources
             self.x, self.y, self.w, self.spec, self.augment = x, y, weights, spec, augment
             self.batch_size, self.shuffle = batch_size, shuffle
             self.groups = groups if groups is not None else np.zeros(len(y), np.int64)
             self.max_per_group = max_per_group if shuffle else 0
-            self.sources, self.adversarial = sources, adversarial
+            self.sources, self.adversarial, self.batch_sources = sources, adversarial, batch_sources
             self.rng = np.random.default_rng(seed)
             self.order = self._order()
 
@@ -256,8 +257,6 @@ def _batches_class() -> type:
             if not self.shuffle:
                 return np.arange(len(self.y))
             order = epoch_order(self.groups, self.max_per_group, self.rng)
-            if self.batch_sources is None:
-                return order
             return source_batch_order(order, self.batch_sources, self.batch_size, self.rng)
 
         def __len__(self) -> int:
