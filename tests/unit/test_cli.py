@@ -60,3 +60,14 @@ class TestQuietNativeLogs:
         monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
         quiet_native_logs(["preview", "file.dcm"])
         assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+def test_native_start_up_chatter_is_held_back_and_every_other_line_passes(capfd) -> None:
+    import os
+
+    from pulmoscreen.cli.terminal import IMPORT_CHATTER, native_stderr_filtered
+
+    with native_stderr_filtered(IMPORT_CHATTER):
+        os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on. You may see\n")
+        os.write(2, b"real failure: libcudart.so missing\n")
+    assert capfd.readouterr().err == "real failure: libcudart.so missing\n"
