@@ -1,4 +1,5 @@
-"""Fixtures shared by the ingest tests: an empty drop folder and the list tasks are sent to."""
+"""Shared unit fixtures: an empty drop folder, the list tasks are sent to, and what reaches the
+decoding helper."""
 
 from pathlib import Path
 
@@ -15,3 +16,20 @@ def drop(tmp_path: Path) -> Path:
 @pytest.fixture
 def sent() -> list[int]:
     return []
+
+
+@pytest.fixture
+def decoder_sources(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What each call of the decoding helper was handed (a path, or the file's bytes); the
+    helper still decodes."""
+    from pulmoscreen.imaging import dicom
+
+    sources: list[object] = []
+    real = dicom.decode_isolated
+
+    def spy(source, **options):  # type: ignore[no-untyped-def]
+        sources.append(source)
+        return real(source, **options)
+
+    monkeypatch.setattr(dicom, "decode_isolated", spy)
+    return sources

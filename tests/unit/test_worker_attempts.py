@@ -20,7 +20,6 @@ from ingest import Ingestor
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, ModelRow, PredictionRow, queries, session_factory
 from pulmoscreen.domain import LABELS, Prediction, RejectReason
-from pulmoscreen.imaging import dicom
 from pulmoscreen.model import ModelCard
 from tests.factories import add_model_row, make_cxr_dicom
 from worker import heatmaps, inference
@@ -406,7 +405,7 @@ class TestFileChangedSinceIngest:
 
     @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEG2000Lossless])
     def test_each_file_is_read_once(
-        self, tmp_path, sqlite_url, tiny_model_path, monkeypatch, syntax
+        self, tmp_path, sqlite_url, tiny_model_path, monkeypatch, syntax, decoder_sources
     ):
         """The sha256 check and the decode share one read: the worker opens each file once,
         and a compressed one's bytes go to the decoding helper, which opens nothing."""
@@ -437,19 +436,11 @@ class TestFileChangedSinceIngest:
 
         for module, name in ((os, "open"), (io, "open"), (builtins, "open")):
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
-        sent: list[object] = []
-        real_decode = dicom.decode_isolated
-
-        def decode_sent(source, **options):  # type: ignore[no-untyped-def]
-            sent.append(source)
-            return real_decode(source, **options)
-
-        monkeypatch.setattr(dicom, "decode_isolated", decode_sent)
         predict_images(settings_for(sqlite_url, tiny_model_path), ids, worker="w")
         assert predictions_per_image(sqlite_url) == dict.fromkeys(ids, 1)
         assert sorted(opened) == sorted(stored)
-        assert len(sent) == (2 if syntax == JPEG2000Lossless else 0)
-        assert all(isinstance(source, bytes) for source in sent)
+        assert len(decoder_sources) == (2 if syntax == JPEG2000Lossless else 0)
+        assert all(isinstance(source, bytes) for source in decoder_sources)
 
     def test_ingest_registers_anew_a_file_handed_back_before_its_row_was_removed(
         self, tmp_path, sqlite_url
