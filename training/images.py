@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -58,7 +59,10 @@ def cached_planes(
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("preprocessing %d images to %s", len(samples), path)
     jobs = [(str(s.path), size) for s in samples]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawned, not forked: a forked child of a process whose Keras backend already started its
+    # threads (JAX, a GPU runtime) can deadlock
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
         planes = list(pool.map(_resized_plane, jobs, chunksize=64))
     array = np.stack(planes).astype(np.float32) if planes else np.zeros((0, size, size), np.float32)
     tmp = path.with_suffix(".tmp.npy")

@@ -275,15 +275,23 @@ def _training_section(d: dict[str, Any]) -> list[str]:
     if history:
         lines += [
             "",
-            "| epoch | loss | accuracy | val loss | val accuracy |",
-            "|---|---|---|---|---|",
+            f"Precision: {d.get('precision', 'float32')}. Training images per second include"
+            " the first epoch's compilation.",
+            "",
+            "| epoch | loss | accuracy | val loss | val accuracy | training img/s |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {h['epoch']} | {_fmt(h.get('loss'))} | {_fmt(h.get('accuracy'))} | "
-            f"{_fmt(h.get('val_loss'))} | {_fmt(h.get('val_accuracy'))} |"
+            f"{_fmt(h.get('val_loss'))} | {_fmt(h.get('val_accuracy'))} | "
+            f"{_rate(h.get('images_per_s'))} |"
             for h in history
         ]
     return lines
+
+
+def _rate(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else "n/a"
 
 
 def _thresholds_section(d: dict[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ SERVING_NAME = "screening_model"
 HELD_OUT = "held_out"
 SWA_FILE = "swa.npz"
 SWA_STRIDE = 8
+PROGRESS_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -374,11 +375,51 @@ class _Checkpoint:
                 if logs.get("val_loss", math.inf) < best:
                     serving.save(out / "best.keras")
                 self.model.save(out / "last.keras")
-                state = {"phase": phase, "epochs_done": epoch + 1, "history": history}
+                state = {
+                    "phase": phase,
+                    "epochs_done": epoch + 1,
+                    "history": history,
+                    # the policy the fit ran under (the card's "precision")
+                    "precision": keras.config.dtype_policy().name,
+                }
                 (out / "state.json").write_text(json.dumps(state, indent=1))
                 log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in logs.items()})
 
         return Checkpoint()
+
+
+class _Progress:
+    """Logs training throughput: the first batches of each phase (the first one includes
+    compiling the step), every ``PROGRESS_EVERY`` batches, and each epoch's training images
+    per second (validation excluded), which goes into the epoch's history as ``images_per_s``
+    and so into the card. A run that stalls on a new machine shows where."""
+
+    def __new__(cls, batches: Any):  # type: ignore[no-untyped-def]
+        import keras
+
+        class Progress(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+            epoch, done, started, seconds = 0, 0, 0.0, 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                self.epoch, self.done, self.started = epoch + 1, 0, time.monotonic()
+
+            def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+                self.done = min((batch + 1) * batches.batch_size, len(batches.order))
+                self.seconds = time.monotonic() - self.started
+                if batch < 2 or (batch + 1) % PROGRESS_EVERY == 0:
+                    log.info(
+                        "epoch %d, batch %d of %d: %.1f s, %.1f img/s",
+                        *(self.epoch, batch + 1, len(batches), self.seconds, self.rate()),
+                    )
+
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                if logs is not None and self.done:
+                    logs["images_per_s"] = self.rate()
+
+            def rate(self) -> float:
+                return self.done / max(self.seconds, 1e-9)
+
+        return Progress()
 
 
 class WeightAverage:
@@ -610,11 +651,16 @@ def _restore_or_build(
 
 
 def _callbacks(
-    config: TrainConfig, serving: Any, phase: int, history: list[dict[str, float]]
+    config: TrainConfig,
+    serving: Any,
+    phase: int,
+    history: list[dict[str, float]],
+    batches: Any,
 ) -> list[Any]:
     import keras
 
     return [
+        _Progress(batches),  # before the checkpoint, which writes the epoch's logs
         *([_Averaging(config.out, serving, config.swa_from)] if config.swa_from > 0 else []),
         _Checkpoint(config.out, serving, phase, history),
         keras.callbacks.EarlyStopping(
@@ -664,7 +710,7 @@ def fit(config: TrainConfig, *, resume: bool) -> dict[str, Any]:
             validation_data=val_ds,
             initial_epoch=done,
             epochs=until,
-            callbacks=_callbacks(config, serving, phase, history),
+            callbacks=_callbacks(config, serving, phase, history, train_ds),
             verbose=2,
         )
         done = history[-1]["epoch"] if history else done

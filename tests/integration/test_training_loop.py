@@ -15,6 +15,7 @@ from pulmoscreen.model.card import sha256_file
 from pulmoscreen.synthetic import chest_phantom
 from tests.factories import make_cxr_dicom
 from tests.integration.conftest import pulmo_env, run_cli
+from training.train import choose_precision
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MARKS = {
@@ -221,6 +222,13 @@ class TestTrainEvaluateServe:
         assert not (patients[0] & patients[1])
         assert not (patients[0] & patients[2])
         assert "## Held-out test split" in (run / "MODEL_CARD.md").read_text()
+        # the card says under which precision and how fast it trained; the log shows progress
+        state = json.loads((run / "state.json").read_text())
+        assert card["details"]["precision"] == state["precision"] == choose_precision("auto")
+        assert len(state["history"]) == 4
+        assert all(h["images_per_s"] > 0 for h in card["details"]["history"])
+        assert "epoch 1, batch 1 of " in trained.stdout + trained.stderr
+        assert "training img/s" in (run / "MODEL_CARD.md").read_text()
 
         # evaluate on a folder holding a single label: nulls, never a crash
         only_tb = tmp_path / "only_tb"
