@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from pulmoscreen.config import get_settings
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, read_model_input, to_model_input
 from pulmoscreen.imaging.preprocess import normalize_grey, resize_grey
 from training.dataset import Sample
@@ -33,12 +34,17 @@ def load_display_pixels(path: Path) -> NDArray[np.generic]:
     return pixels
 
 
-def model_input_for(path: Path, spec: PreprocessSpec) -> NDArray[np.float32]:
+def model_input_for(
+    path: Path, spec: PreprocessSpec, *, j2k_reduced: bool | None = None
+) -> NDArray[np.float32]:
     """The exact array the worker would feed the model for this file: a DICOM through the
-    worker's own read (``read_model_input``: decoded at the model's size, JPEG 2000 in full as
-    the served default), a PNG/JPEG from its stored pixels."""
+    worker's own read (``read_model_input``: decoded at the model's size; JPEG 2000 reduced
+    or in full as ``j2k_reduced`` says, by default as the served ``PULMO_J2K_REDUCED_DECODE``
+    says), a PNG/JPEG from its stored pixels."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_model_input(path, spec)
+        if j2k_reduced is None:
+            j2k_reduced = get_settings().j2k_reduced_decode
+        return read_model_input(path, spec, j2k_reduced=j2k_reduced)
     return to_model_input(load_display_pixels(path), spec)
 
 

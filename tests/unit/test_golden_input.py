@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from pulmoscreen.config import get_settings
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from tests.factories import make_cxr_dicom
 from training.images import model_input_for
-from worker.inference import prepare_inputs
+from worker.inference import iter_prepared, prepare_inputs
+
+
+def iter_prepared_once(path, spec, *, j2k_reduced):
+    """The worker's own preparation of one file (id 7), as a batch."""
+    (chunk,) = iter_prepared({7: path}, spec, chunk=1, j2k_reduced=j2k_reduced)
+    return chunk
 
 
 class TestTrainingServingParity:
@@ -29,6 +36,27 @@ class TestTrainingServingParity:
         ids, batch, failures = prepare_inputs({7: path}, spec)
         assert (ids, failures) == ([7], [])
         assert np.array_equal(batch[0], model_input_for(path, spec))
+
+    def test_reduced_jpeg2000_decode_follows_the_served_setting(self, tmp_path, monkeypatch):
+        """A site serving with ``PULMO_J2K_REDUCED_DECODE`` calibrates and evaluates on the
+        reduced decode too: ``model_input_for`` reads the setting the worker reads."""
+        spec = PreprocessSpec(size=64)
+        path = make_cxr_dicom(
+            tmp_path, seed=43, transfer_syntax=JPEG2000Lossless, rows=600, cols=520
+        )
+        inputs = {}
+        for reduced in (False, True):
+            ids, batch, failures = iter_prepared_once(path, spec, j2k_reduced=reduced)
+            assert (ids, failures) == ([7], [])
+            inputs[reduced] = batch[0]
+        assert not np.array_equal(inputs[False], inputs[True])  # the reduction took place
+        for reduced in (False, True):
+            monkeypatch.setenv("PULMO_J2K_REDUCED_DECODE", str(reduced).lower())
+            get_settings.cache_clear()
+            try:
+                assert np.array_equal(model_input_for(path, spec), inputs[reduced])
+            finally:
+                get_settings.cache_clear()
 
     def test_full_resolution_gives_the_same_input_to_float_rounding(self, tmp_path):
         """The worker decodes at the model's size and applies the LUTs after the area resize
