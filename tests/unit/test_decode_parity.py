@@ -146,15 +146,17 @@ def _chest_files() -> list[Path]:
     return chest + rg1 + sorted(SAMPLE_DATA.glob("*.dcm"))
 
 
+@pytest.fixture(scope="module")
+def model():  # type: ignore[no-untyped-def]
+    """The shipped (or configured) model, loaded once for the module."""
+    from pulmoscreen.model import load_runner
+
+    return load_runner(MODEL, labels=LABELS, backend="keras", precision="f32")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(MODEL is None, reason="no trained model shipped or configured")
 class TestPredictionsAgree:
-    @pytest.fixture(scope="class")
-    def model(self):  # type: ignore[no-untyped-def]
-        from pulmoscreen.model import load_runner
-
-        return load_runner(MODEL, labels=LABELS, backend="keras", precision="f32")
-
     def _agree(self, loaded, pairs) -> bool:  # type: ignore[no-untyped-def]
         """Whether both inputs of every pair get the same label and flag; prints the largest
         probability difference."""
