@@ -389,8 +389,8 @@ class _Checkpoint:
 
 
 class _Progress:
-    """Logs training throughput: the first batches of each phase (the first one includes
-    compiling the step), every ``PROGRESS_EVERY`` batches, and each epoch's training images
+    """Logs training throughput: the first two batches of each epoch (the run's first one
+    includes compiling the step), every ``PROGRESS_EVERY`` batches, and each epoch's training images
     per second (validation excluded), which goes into the epoch's history as ``images_per_s``
     and so into the card. A run that stalls on a new machine shows where."""
 
