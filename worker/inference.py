@@ -574,14 +574,19 @@ def iter_prepared(
 
 
 def prepare_inputs(
-    paths: dict[int, Path], spec: PreprocessSpec, *, threads: int | None = None
+    paths: dict[int, Path],
+    spec: PreprocessSpec,
+    *,
+    threads: int | None = None,
+    j2k_reduced: bool = False,
 ) -> tuple[list[int], NDArray[np.float32], list[Failure]]:
-    """Decode and preprocess each file: ids and stacked inputs of the good ones, and failures."""
+    """Decode and preprocess each file: ids and stacked inputs of the good ones, and failures.
+    ``j2k_reduced``: the served ``PULMO_J2K_REDUCED_DECODE``, as the worker reads it."""
     ids: list[int] = []
     inputs: list[NDArray[np.float32]] = []
     failures: list[Failure] = []
     for chunk_ids, chunk_inputs, chunk_failures in iter_prepared(
-        paths, spec, chunk=max(1, len(paths)), threads=threads
+        paths, spec, chunk=max(1, len(paths)), threads=threads, j2k_reduced=j2k_reduced
     ):
         ids += chunk_ids
         inputs.append(chunk_inputs)

@@ -56,7 +56,7 @@ def _model_input(settings: Settings, file: Path) -> Any:
             console.print(f"[red]cannot read {file.name} as an image[/red]")
             return None
         return to_model_input(grey, spec)[None].astype(np.float32)
-    ids, batch, failures = prepare_inputs({0: file}, spec)
+    ids, batch, failures = prepare_inputs({0: file}, spec, j2k_reduced=settings.j2k_reduced_decode)
     if not ids:
         [(_, reason, detail, _retry)] = failures
         console.print(f"[red]rejected: {reason.value}[/red]: {detail}", soft_wrap=True)

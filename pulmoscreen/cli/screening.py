@@ -209,7 +209,7 @@ def write_preview(settings: Settings, file: Path, out: Path) -> int:
     from worker.inference import prepare_inputs, served_preprocess_spec
 
     spec = served_preprocess_spec(settings.resolved_model_path())
-    ids, batch, failures = prepare_inputs({0: file}, spec)
+    ids, batch, failures = prepare_inputs({0: file}, spec, j2k_reduced=settings.j2k_reduced_decode)
     if not ids:
         [(_, reason, detail, _retry)] = failures
         console.print(f"[red]rejected: {reason.value}[/red]: {detail}", soft_wrap=True)

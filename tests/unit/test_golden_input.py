@@ -8,13 +8,7 @@ from pulmoscreen.config import get_settings
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from tests.factories import make_cxr_dicom
 from training.images import model_input_for
-from worker.inference import iter_prepared, prepare_inputs
-
-
-def iter_prepared_once(path, spec, *, j2k_reduced):
-    """The worker's own preparation of one file (id 7), as a batch."""
-    (chunk,) = iter_prepared({7: path}, spec, chunk=1, j2k_reduced=j2k_reduced)
-    return chunk
+from worker.inference import prepare_inputs
 
 
 class TestTrainingServingParity:
@@ -46,7 +40,7 @@ class TestTrainingServingParity:
         )
         inputs = {}
         for reduced in (False, True):
-            ids, batch, failures = iter_prepared_once(path, spec, j2k_reduced=reduced)
+            ids, batch, failures = prepare_inputs({7: path}, spec, j2k_reduced=reduced)
             assert (ids, failures) == ([7], [])
             inputs[reduced] = batch[0]
         assert not np.array_equal(inputs[False], inputs[True])  # the reduction took place

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+from pydicom.uid import JPEG2000Lossless
 from typer.testing import CliRunner
 
 from pulmoscreen.cli import app, write_preview
@@ -11,6 +12,7 @@ from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import PreprocessSpec, read_dicom, to_model_input
 from pulmoscreen.model import ModelCard, card_path_for
 from tests.factories import make_cxr_dicom
+from worker.inference import prepare_inputs
 
 SPEC = PreprocessSpec(size=48)
 
@@ -38,6 +40,22 @@ class TestWritePreview:
         assert png.shape == (48, 48)
         expected = to_model_input(read_dicom(dicom).pixels, SPEC)[:, :, 0]
         assert np.abs(png - expected).max() <= 0.5
+
+    def test_reduced_jpeg2000_decode_follows_the_served_setting(self, tmp_path, model_path):
+        """Under ``PULMO_J2K_REDUCED_DECODE`` the preview shows what the worker then feeds."""
+        dicom = make_cxr_dicom(
+            tmp_path / "in", seed=5, transfer_syntax=JPEG2000Lossless, rows=600, cols=520
+        )
+        pngs = {}
+        for reduced in (False, True):
+            settings = Settings(model_path=model_path, j2k_reduced_decode=reduced)
+            out = tmp_path / f"{reduced}.png"
+            assert write_preview(settings, dicom, out) == 0
+            pngs[reduced] = read_png(out).astype(np.float32)
+            ids, batch, _ = prepare_inputs({0: dicom}, SPEC, j2k_reduced=reduced)
+            assert ids == [0]
+            assert np.abs(pngs[reduced] - batch[0, :, :, 0]).max() <= 0.5
+        assert not np.array_equal(pngs[False], pngs[True])  # the reduction took place
 
     def test_without_a_model_the_default_recipe_is_used(self, tmp_path, monkeypatch):
         monkeypatch.setattr("pulmoscreen.config.DEFAULT_MODEL_PATH", tmp_path / "none.keras")
