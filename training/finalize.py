@@ -138,7 +138,7 @@ def shipped_weights(config: TrainConfig) -> Any:
     if config.average_with is not None:
         # A "model soup": the uniform average of the fine-tuned weights and those it started
         # from (same architecture, same initial run), often better than either on new data.
-        other = load_trained(config.average_with).get_weights()
+        other = load_trained(config.average_with, size=config.size, arch=config.arch).get_weights()
         best.set_weights([(a + b) / 2 for a, b in zip(best.get_weights(), other, strict=True)])
         log.info("averaged the weights with %s", config.average_with)
     return best

@@ -495,15 +495,28 @@ def _compile(model: Any, learning_rate: float, steps: int, *, adversarial: bool)
     )
 
 
-def load_trained(path: Path) -> Any:
+def load_trained(path: Path, *, size: int | None = None, arch: str = "resnet50") -> Any:
     """A trained screening model to start from or average with: a ``.keras`` file as saved, or
-    a shipped compact ``.npz`` (with its card), built under the current dtype policy."""
+    a shipped compact ``.npz`` (with its card), built under the current dtype policy.
+
+    With ``size``, a model trained at another input side is rebuilt at ``size`` with the same
+    weights (the backbone is convolutional and pools globally, so none depends on the side)."""
     from pulmoscreen.model import build_model, load_screening_model
-    from pulmoscreen.model.build import COMPACT_SUFFIX
+    from pulmoscreen.model.build import COMPACT_SUFFIX, build_tiny_model
 
     if path.suffix != COMPACT_SUFFIX:
-        return build_model(LABELS, weights=path)
-    return load_screening_model(path, labels=LABELS).model
+        model = build_model(LABELS, weights=path)
+    else:
+        model = load_screening_model(path, labels=LABELS).model
+    if size is None or model.input_shape[1] == size:
+        return model
+    if arch == "tiny":
+        resized = build_tiny_model(LABELS, input_size=size)
+    else:
+        resized = build_model(LABELS, weights=None, input_size=size)
+    resized.set_weights(model.get_weights())
+    log.info("rebuilt %s at %d px (trained at %d px)", path.name, size, model.input_shape[1])
+    return resized
 
 
 def _build_training_model(config: TrainConfig, n_sources: int) -> tuple[Any, Any]:
@@ -513,7 +526,7 @@ def _build_training_model(config: TrainConfig, n_sources: int) -> tuple[Any, Any
     from pulmoscreen.model.build import build_tiny_model
 
     if config.init not in ("scratch", "imagenet"):
-        serving = load_trained(Path(config.init))
+        serving = load_trained(Path(config.init), size=config.size, arch=config.arch)
     elif config.arch == "tiny":
         serving = build_tiny_model(LABELS, input_size=config.size)
     else:

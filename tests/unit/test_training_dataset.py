@@ -190,3 +190,23 @@ def test_weight_average_is_the_running_mean_and_resumes_from_its_file(tmp_path):
         np.testing.assert_allclose(got[i], np.mean([s[i] for s in snapshots], axis=0), rtol=1e-6)
     with pytest.raises(ValueError, match="no weights"):
         WeightAverage(tmp_path / "none.npz").weights(like)
+
+
+def test_a_model_trained_at_another_size_starts_a_run_at_the_run_size(tmp_path):
+    """``--init`` a 32 px model with ``--size 48``: the same weights, rebuilt at 48 px, so a
+    model trained at 128 px can start a fit at 224 px."""
+    from pulmoscreen.domain import LABELS
+    from pulmoscreen.model.build import build_tiny_model
+    from training.train import load_trained
+
+    small = build_tiny_model(LABELS, input_size=32)
+    path = tmp_path / "small.keras"
+    small.save(path)
+    same = load_trained(path, size=32, arch="tiny")
+    assert same.input_shape[1:3] == (32, 32)
+    bigger = load_trained(path, size=48, arch="tiny")
+    assert bigger.input_shape[1:3] == (48, 48)
+    for got, want in zip(bigger.get_weights(), small.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    image = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)
+    assert bigger.predict(image, verbose=0).shape == (2, len(LABELS))
