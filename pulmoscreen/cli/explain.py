@@ -91,7 +91,7 @@ def write_explanation(settings: Settings, file: Path, out: Path, *, label: str |
     batch = _model_input(settings, file)
     if batch is None:
         return 2
-    loaded = served_for(settings)
+    loaded, source = thresholds_for_explain(settings, served_for(settings))
     try:
         probs, _, maps = predict_with_maps(loaded.model, batch)
     except ValueError as exc:  # a head that is not global average pooling + dense
@@ -106,16 +106,46 @@ def write_explanation(settings: Settings, file: Path, out: Path, *, label: str |
     if not cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         console.print(f"[red]cannot write {out}[/red]")
         return 1
-    _print_result(score_probabilities(probs[0], card), card, shown=shown, out=out)
+    _print_result(score_probabilities(probs[0], card), card, shown=shown, out=out, source=source)
     return 0
 
 
-def _print_result(prediction: Any, card: Any, *, shown: str, out: Path) -> None:
+def thresholds_for_explain(settings: Settings, loaded: Any) -> tuple[Any, str]:
+    """The served model with the thresholds the worker flags with, and where they come from:
+    the site's active calibration of this model unless ``PULMO_THRESHOLDS`` overrides it, as in
+    the worker; the card's when no screening database is here or it cannot be read (said)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.inference import thresholds_in_force
+
+    if settings.thresholds:
+        return loaded, "PULMO_THRESHOLDS"
+    url = settings.resolved_database_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return loaded, "model card"  # no screening database here, so no site calibration
+    try:
+        calibrated, calibration_id = thresholds_in_force(url, loaded, overridden=False)
+    except SQLAlchemyError as exc:
+        console.print(
+            f"[yellow]the site calibration could not be read ({type(exc).__name__}): "
+            "the model card's thresholds apply[/yellow]",
+            soft_wrap=True,
+        )
+        return loaded, "model card"
+    if calibration_id is None:
+        return loaded, "model card"
+    return calibrated, f"site calibration {calibration_id}"
+
+
+def _print_result(prediction: Any, card: Any, *, shown: str, out: Path, source: str) -> None:
     probabilities = ", ".join(f"{k} {v:.3f}" for k, v in prediction.probabilities.items())
     flag = "[red]FLAGGED[/red]" if prediction.flagged else "not flagged"
     console.print(f"model {card.version}", highlight=False)
     console.print(f"label: {prediction.label} ({probabilities})", highlight=False)
-    console.print(f"flag: {flag} (thresholds {card.thresholds or 'none'})", highlight=False)
+    thresholds = card.thresholds or "none"
+    console.print(f"flag: {flag} (thresholds {thresholds}, {source})", highlight=False)
     console.print(f"heatmap of {shown} over the model input written to {out}", highlight=False)
     console.print(
         "a second reader, not a diagnosis: the heatmap shows where the model looked, "

@@ -25,7 +25,11 @@ def run(tiny_model_path, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("PULMO_INFERENCE_BACKEND", "keras")
     monkeypatch.chdir(tmp_path)
 
-    def invoke(*args: str, thresholds: dict[str, float] | None = None):  # type: ignore[no-untyped-def]
+    def invoke(  # type: ignore[no-untyped-def]
+        *args: str, thresholds: dict[str, float] | None = None, database: str | None = None
+    ):
+        if database is not None:
+            monkeypatch.setenv("PULMO_DATABASE_URL", database)
         if thresholds is not None:
             monkeypatch.setenv("PULMO_THRESHOLDS", json.dumps(thresholds))
         get_settings.cache_clear()
@@ -82,3 +86,70 @@ class TestExplainCommand:
         assert result.exit_code == 2
         assert "not_frontal" in result.output
         assert not (tmp_path / "o.png").exists()
+
+
+class TestExplainFlagsAsTheWorker:
+    """The flag printed is the worker's: under the site's active calibration of the served
+    model, unless PULMO_THRESHOLDS overrides it, and the output says which."""
+
+    def calibrate(self, url: str, model, thresholds: dict[str, float]) -> int:  # type: ignore[no-untyped-def]
+        from pulmoscreen.db import session_factory
+        from pulmoscreen.db.calibrations import add_calibration
+        from pulmoscreen.model.build import resolve_card
+
+        card = resolve_card(model, labels=LABELS)
+        values = {
+            "model_version": card.version,
+            "model_sha256": card.sha256,
+            "thresholds": thresholds,
+            "target_sensitivity": 0.9,
+            "confidence": 0.95,
+            "rule": "test",
+            "sample_counts": {"normal": 60, "tuberculosis": 60},
+            "figures": {},
+            "sample_source": "test",
+            "report_path": "/reports/calibration.html",
+            "created_by": "amina",
+        }
+        with session_factory(url).begin() as session:
+            return add_calibration(session, values)
+
+    def test_the_site_calibration_flags(self, run, tmp_path, sqlite_url, tiny_model_path):
+        dicom = make_cxr_dicom(tmp_path / "in", seed=3)
+        calibration = self.calibrate(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        result = run(str(dicom), database=sqlite_url)
+        assert result.exit_code == 0, result.output
+        assert "FLAGGED" in result.output
+        assert f"site calibration {calibration}" in result.output
+        assert "heatmap of tuberculosis" in result.output
+        nobody = self.calibrate(
+            sqlite_url, tiny_model_path, {"tuberculosis": 1.01, "pneumonia": 1.01}
+        )
+        superseded = run(str(dicom), database=sqlite_url)
+        assert "not flagged" in superseded.output
+        assert f"site calibration {nobody}" in superseded.output
+        everyone = self.calibrate(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        overridden = run(
+            str(dicom), thresholds={"tuberculosis": 1.01, "pneumonia": 1.01}, database=sqlite_url
+        )
+        assert overridden.exit_code == 0, overridden.output
+        assert "not flagged" in overridden.output
+        assert "PULMO_THRESHOLDS" in overridden.output
+        assert f"site calibration {everyone}" not in overridden.output
+
+    def test_without_a_database_the_card_decides_and_says_so(self, run, tmp_path):
+        dicom = make_cxr_dicom(tmp_path / "in", seed=3)
+        missing = f"sqlite:///{tmp_path / 'none' / 'pulmo.db'}"
+        result = run(str(dicom), database=missing)
+        assert result.exit_code == 0, result.output
+        assert "model card" in result.output
+        assert not (tmp_path / "none").exists()
+
+    def test_an_unreadable_database_is_said_and_the_card_decides(self, run, tmp_path):
+        dicom = make_cxr_dicom(tmp_path / "in", seed=3)
+        empty = tmp_path / "empty.db"
+        empty.write_bytes(b"")  # a file without the schema: the query fails
+        result = run(str(dicom), database=f"sqlite:///{empty}")
+        assert result.exit_code == 0, result.output
+        assert "site calibration could not be read" in result.output
+        assert "model card" in result.output
