@@ -61,3 +61,29 @@ def add_model_row(session, *, version: str, active: bool = True, sha: str = "0")
     session.add(model)
     session.flush()
     return model.id
+
+
+def store_calibration(
+    url: str, model: Path, thresholds: dict[str, float], by: str = "amina"
+) -> int:
+    """A site calibration of ``model`` with these thresholds, stored as its active one; its id."""
+    from pulmoscreen.db import session_factory
+    from pulmoscreen.db.calibrations import add_calibration
+    from pulmoscreen.model.build import resolve_card
+
+    card = resolve_card(model, labels=LABELS)
+    values = {
+        "model_version": card.version,
+        "model_sha256": card.sha256,
+        "thresholds": thresholds,
+        "target_sensitivity": 0.9,
+        "confidence": 0.95,
+        "rule": "test",
+        "sample_counts": {"normal": 60, "tuberculosis": 60},
+        "figures": {},
+        "sample_source": "test",
+        "report_path": "/reports/calibration.html",
+        "created_by": by,
+    }
+    with session_factory(url).begin() as session:
+        return add_calibration(session, values)

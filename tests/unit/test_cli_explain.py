@@ -15,7 +15,7 @@ from pulmoscreen.domain import LABELS
 from pulmoscreen.imaging import read_dicom, to_model_input
 from pulmoscreen.model.build import load_screening_model
 from pulmoscreen.model.explain import feature_map_model, heatmaps_for, overlay
-from tests.factories import TINY_SPEC, make_cxr_dicom
+from tests.factories import TINY_SPEC, make_cxr_dicom, store_calibration
 
 
 @pytest.fixture
@@ -92,43 +92,21 @@ class TestExplainFlagsAsTheWorker:
     """The flag printed is the worker's: under the site's active calibration of the served
     model, unless PULMO_THRESHOLDS overrides it, and the output says which."""
 
-    def calibrate(self, url: str, model, thresholds: dict[str, float]) -> int:  # type: ignore[no-untyped-def]
-        from pulmoscreen.db import session_factory
-        from pulmoscreen.db.calibrations import add_calibration
-        from pulmoscreen.model.build import resolve_card
-
-        card = resolve_card(model, labels=LABELS)
-        values = {
-            "model_version": card.version,
-            "model_sha256": card.sha256,
-            "thresholds": thresholds,
-            "target_sensitivity": 0.9,
-            "confidence": 0.95,
-            "rule": "test",
-            "sample_counts": {"normal": 60, "tuberculosis": 60},
-            "figures": {},
-            "sample_source": "test",
-            "report_path": "/reports/calibration.html",
-            "created_by": "amina",
-        }
-        with session_factory(url).begin() as session:
-            return add_calibration(session, values)
-
     def test_the_site_calibration_flags(self, run, tmp_path, sqlite_url, tiny_model_path):
         dicom = make_cxr_dicom(tmp_path / "in", seed=3)
-        calibration = self.calibrate(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        calibration = store_calibration(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
         result = run(str(dicom), database=sqlite_url)
         assert result.exit_code == 0, result.output
         assert "FLAGGED" in result.output
         assert f"site calibration {calibration}" in result.output
         assert "heatmap of tuberculosis" in result.output
-        nobody = self.calibrate(
+        nobody = store_calibration(
             sqlite_url, tiny_model_path, {"tuberculosis": 1.01, "pneumonia": 1.01}
         )
         superseded = run(str(dicom), database=sqlite_url)
         assert "not flagged" in superseded.output
         assert f"site calibration {nobody}" in superseded.output
-        everyone = self.calibrate(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        everyone = store_calibration(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
         overridden = run(
             str(dicom), thresholds={"tuberculosis": 1.01, "pneumonia": 1.01}, database=sqlite_url
         )

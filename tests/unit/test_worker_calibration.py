@@ -16,10 +16,8 @@ from ingest import Ingestor
 from pulmoscreen.cli.calibration import CalibrationRequest, run_calibration
 from pulmoscreen.config import Settings
 from pulmoscreen.db import Image, PredictionRow, session_factory
-from pulmoscreen.db.calibrations import add_calibration, calibrations
-from pulmoscreen.domain import LABELS
-from pulmoscreen.model.build import resolve_card
-from tests.factories import make_cxr_dicom, make_tiny_model
+from pulmoscreen.db.calibrations import calibrations
+from tests.factories import make_cxr_dicom, make_tiny_model, store_calibration
 from training.calibration import CalibrationError
 from worker import inference
 from worker.inference import predict_images
@@ -31,25 +29,6 @@ def ingest(drop: Path, url: str, n: int, *, seed: int) -> list[int]:
     sessions = session_factory(url)
     outcomes = Ingestor(drop, sessions=sessions, enqueue=lambda ids: None, stable_seconds=0)
     return [o.image_id for o in outcomes.scan_once()]
-
-
-def store(url: str, model: Path, thresholds: dict[str, float], by: str = "amina") -> int:
-    card = resolve_card(model, labels=LABELS)
-    values = {
-        "model_version": card.version,
-        "model_sha256": card.sha256,
-        "thresholds": thresholds,
-        "target_sensitivity": 0.9,
-        "confidence": 0.95,
-        "rule": "test",
-        "sample_counts": {"normal": 60, "tuberculosis": 60},
-        "figures": {},
-        "sample_source": "test",
-        "report_path": "/reports/calibration.html",
-        "created_by": by,
-    }
-    with session_factory(url).begin() as session:
-        return add_calibration(session, values)
 
 
 def results(url: str, ids: list[int]) -> list[tuple[bool, int | None, float, float]]:
@@ -72,12 +51,14 @@ class TestWorkerThresholds:
         self, sqlite_url, tiny_model_path, tmp_path
     ):
         settings = Settings(database_url=sqlite_url, model_path=tiny_model_path)
-        everyone = store(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        everyone = store_calibration(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
         first = ingest(tmp_path / "in", sqlite_url, 3, seed=10)
         predict_images(settings, first, worker="w1")
         assert [(f, c) for f, c, *_ in results(sqlite_url, first)] == [(True, everyone)] * 3
 
-        nobody = store(sqlite_url, tiny_model_path, {"tuberculosis": 1.01, "pneumonia": 1.01})
+        nobody = store_calibration(
+            sqlite_url, tiny_model_path, {"tuberculosis": 1.01, "pneumonia": 1.01}
+        )
         second = ingest(tmp_path / "in", sqlite_url, 3, seed=20)
         predict_images(settings, second, worker="w1")  # same process, model still cached
         assert [(f, c) for f, c, *_ in results(sqlite_url, second)] == [(False, nobody)] * 3
@@ -97,7 +78,7 @@ class TestWorkerThresholds:
         assert view == [(everyone, "amina", 0.0, 0.5)] * 3 + [(nobody, "amina", 1.01, 1.01)] * 3
 
     def test_pulmo_thresholds_override_the_calibration(self, sqlite_url, tiny_model_path, tmp_path):
-        store(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
+        store_calibration(sqlite_url, tiny_model_path, {"tuberculosis": 0.0})
         ids = ingest(tmp_path / "in", sqlite_url, 2, seed=30)
         settings = Settings(
             database_url=sqlite_url, model_path=tiny_model_path, thresholds={"tuberculosis": 1.01}
@@ -109,7 +90,7 @@ class TestWorkerThresholds:
         self, sqlite_url, tiny_model_path, tmp_path
     ):
         other = make_tiny_model(tmp_path / "other", version="tiny-test-2")
-        store(sqlite_url, other, {"tuberculosis": 0.0})
+        store_calibration(sqlite_url, other, {"tuberculosis": 0.0})
         ids = ingest(tmp_path / "in", sqlite_url, 2, seed=40)
         predict_images(
             Settings(database_url=sqlite_url, model_path=tiny_model_path), ids, worker="w"
