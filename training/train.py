@@ -502,7 +502,7 @@ def load_trained(path: Path, *, size: int | None = None, arch: str = "resnet50")
     With ``size``, a model trained at another input side is rebuilt at ``size`` with the same
     weights (the backbone is convolutional and pools globally, so none depends on the side)."""
     from pulmoscreen.model import build_model, load_screening_model
-    from pulmoscreen.model.build import COMPACT_SUFFIX, build_tiny_model
+    from pulmoscreen.model.build import COMPACT_SUFFIX, untrained_architecture
 
     if path.suffix != COMPACT_SUFFIX:
         model = build_model(LABELS, weights=path)
@@ -510,10 +510,7 @@ def load_trained(path: Path, *, size: int | None = None, arch: str = "resnet50")
         model = load_screening_model(path, labels=LABELS).model
     if size is None or model.input_shape[1] == size:
         return model
-    if arch == "tiny":
-        resized = build_tiny_model(LABELS, input_size=size)
-    else:
-        resized = build_model(LABELS, weights=None, input_size=size)
+    resized = untrained_architecture(LABELS, arch=arch, size=size)
     resized.set_weights(model.get_weights())
     log.info("rebuilt %s at %d px (trained at %d px)", path.name, size, model.input_shape[1])
     return resized

@@ -119,12 +119,18 @@ def save_compact(model: Any, path: Path) -> None:
         np.savez(fh, **arrays)
 
 
+def untrained_architecture(labels: tuple[str, ...] | list[str], *, arch: str, size: int) -> Any:
+    """A randomly initialised network of ``arch`` (``resnet50`` or ``tiny``) at ``size`` px,
+    under the current dtype policy, to load trained weights into."""
+    if arch == "tiny":
+        return build_tiny_model(labels, input_size=size)
+    return build_model(labels, weights=None, input_size=size)
+
+
 def _architecture(card: ModelCard) -> Any:
     """A fresh network of the card's architecture, under the current dtype policy."""
-    size = card.preprocess.size
-    if card.details.get("arch", "resnet50") == "tiny":
-        return build_tiny_model(card.labels, input_size=size)
-    return build_model(card.labels, weights=None, input_size=size)
+    arch = card.details.get("arch", "resnet50")
+    return untrained_architecture(card.labels, arch=arch, size=card.preprocess.size)
 
 
 def float32_copy(model: Any, card: ModelCard) -> Any:
