@@ -31,6 +31,12 @@ class AugmentSpec:
         noise: maximum Gaussian noise standard deviation, as a fraction of the range.
         jpeg_quality: lowest quality of a JPEG re-compression (0: never).
         rescale: lowest scale of a down-then-up resize (0: never).
+
+    Source mixing (``mix_with_partners``, on the training batch's planes before the jitter):
+        mix_sources: probability that an image is blended with an image of the same label
+            from another source (selective mixup within a label, LISA, Yao et al. 2022). The
+            label stays; what tells the sources apart is blurred into both, so it stops
+            predicting the label where a source holds one class only.
     """
 
     rotation_deg: float = 10.0
@@ -44,6 +50,7 @@ class AugmentSpec:
     noise: float = 0.03
     jpeg_quality: int = 30
     rescale: float = 0.4
+    mix_sources: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,14 +86,18 @@ def _rescale(x: NDArray[np.float32], lowest: float, rng: np.random.Generator) ->
     return cv2.resize(down, (x.shape[1], side), interpolation=cv2.INTER_LINEAR)
 
 
+def _unit(x: NDArray[np.floating]) -> NDArray[np.float32]:
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
 def jitter_plane(
     plane: NDArray[np.floating], spec: AugmentSpec, rng: np.random.Generator
 ) -> NDArray[np.float32]:
     """A randomly re-acquired copy of a resized grey plane, in 0..1 (the served
     ``normalize_grey`` rescales it afterwards, as it does any image)."""
-    x = np.asarray(plane, dtype=np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    x = _unit(plane)
     p = spec.acquisition_p
     if spec.rescale and rng.random() < p:
         x = _rescale(x, spec.rescale, rng)
@@ -102,6 +113,44 @@ def jitter_plane(
     if spec.jpeg_quality and rng.random() < p:
         x = _jpeg(x, spec.jpeg_quality, rng)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+MIX_BETA = 2.0  # the blend's weight is drawn from Beta(2, 2): mostly near an even mix
+
+
+def same_label_partners(
+    chosen: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    sources: NDArray[np.int64],
+    p: float,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """For each index in ``chosen``, drawn with probability ``p``, a random index of the same
+    label from another source; -1 where none is drawn or no other source holds that label."""
+    partners = np.full(len(chosen), -1, dtype=np.int64)
+    for k, i in enumerate(chosen):
+        if rng.random() >= p:
+            continue
+        pool = np.flatnonzero((labels == labels[i]) & (sources != sources[i]))
+        if len(pool):
+            partners[k] = int(rng.choice(pool))
+    return partners
+
+
+def mix_with_partners(
+    planes: NDArray[np.floating],
+    pool: NDArray[np.floating],
+    partners: NDArray[np.int64],
+    rng: np.random.Generator,
+) -> NDArray[np.float32]:
+    """``planes`` with each one whose partner is not -1 blended with ``pool[partner]``, both
+    first scaled to 0..1 (sources store different ranges); the others unchanged."""
+    out = np.asarray(planes, dtype=np.float32).copy()
+    for k, j in enumerate(partners):
+        if j >= 0:
+            weight = float(rng.beta(MIX_BETA, MIX_BETA))
+            out[k] = weight * _unit(out[k]) + (1.0 - weight) * _unit(pool[j])
+    return out
 
 
 def augmentation_layers(spec: AugmentSpec, *, seed: int) -> list[Any]:

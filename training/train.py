@@ -222,6 +222,24 @@ def model_inputs(
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def batch_planes(
+    x: NDArray[Any],
+    y: NDArray[np.int64],
+    idx: NDArray[np.int64],
+    mix: tuple[NDArray[np.int64], float] | None,
+    rng: np.random.Generator,
+) -> NDArray[Any]:
+    """The cached planes of ``idx``; with ``mix`` (each image's source, the probability:
+    ``AugmentSpec.mix_sources``), some blended with a same-label image of another source."""
+    if mix is None:
+        return x[idx]
+    from training.augment import mix_with_partners, same_label_partners
+
+    sources, p = mix
+    partners = same_label_partners(idx, y, sources, p, rng)
+    return mix_with_partners(x[idx], x, partners, rng)
+
+
 def _batches_class() -> type:
     import keras
 
@@ -244,6 +262,7 @@ def _batches_class() -> type:
             sources=None,
             adversarial=0.0,
             batch_sources=None,
+            mix=None,
         ):
             super().__init__()
             self.x, self.y, self.w, self.spec, self.augment = x, y, weights, spec, augment
@@ -251,6 +270,8 @@ def _batches_class() -> type:
             self.groups = groups if groups is not None else np.zeros(len(y), np.int64)
             self.max_per_group = max_per_group if shuffle else 0
             self.sources, self.adversarial, self.batch_sources = sources, adversarial, batch_sources
+            # (each image's source, the probability of a blend): augment.mix_sources; None: off
+            self.mix = mix
             self.rng = np.random.default_rng(seed)
             self.order = self._order()
 
@@ -265,7 +286,8 @@ def _batches_class() -> type:
 
         def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
             idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
-            xb = model_inputs(self.x[idx], self.spec, self.augment, self.rng)
+            planes = batch_planes(self.x, self.y, idx, self.mix, self.rng)
+            xb = model_inputs(planes, self.spec, self.augment, self.rng)
             w = self.w[idx] if self.w is not None else np.ones(len(idx), np.float32)
             if self.sources is not None:
                 onehot = np.eye(len(LABELS), dtype=np.float32)[self.y[idx]]
@@ -607,6 +629,7 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
     batches = _batches_class()
     groups = np.unique([f"{s.source}/{s.label}" for s in splits["train"]], return_inverse=True)[1]
     names = sorted({s.source for s in splits["train"]})
+    train_sources = np.array([names.index(s.source) for s in splits["train"]], dtype=np.int64)
 
     def source_index(split: str) -> NDArray[np.int64] | None:
         # a validation image of a source absent from training counts as the first source
@@ -628,9 +651,8 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
         seed=config.seed,
         sources=source_index("train"),
         adversarial=config.adversarial,
-        batch_sources=np.array([names.index(s.source) for s in splits["train"]])
-        if config.source_batches
-        else None,
+        batch_sources=train_sources if config.source_batches else None,
+        mix=(train_sources, config.augment.mix_sources) if config.augment.mix_sources else None,
     )
     val_ds = batches(
         x_val,

@@ -78,6 +78,13 @@ TrainFrom = Annotated[
 SwaFrom = Annotated[
     int, typer.Option(help="Ship the weights averaged from this epoch on (0: the best).")
 ]
+MixSources = Annotated[
+    float,
+    typer.Option(
+        help="Probability of blending a training image with one of its label from another "
+        "source (0: off)."
+    ),
+]
 Patience = Annotated[int, typer.Option(help="Early-stopping patience, epochs.")]
 Rotation = Annotated[float, typer.Option(help="Max rotation, degrees (0: off).")]
 Zoom = Annotated[float, typer.Option(help="Max zoom fraction (0: off).")]
@@ -94,6 +101,7 @@ AUGMENT_OPTIONS = {
     "shift": "shift",
     "flip": "flip",
     "acquisition": "acquisition_p",
+    "mix_sources": "mix_sources",
 }
 # train's options that steer the command, not the run: TrainConfig has no field for them.
 COMMAND_OPTIONS = ("resume", "fit_only")
@@ -118,6 +126,7 @@ def train(
     hold_out_source: HeldOutSources = None,
     loso_run: LosoRuns = None,
     acquisition: Acquisition = 0.0,
+    mix_sources: MixSources = 0.0,
     max_per_group: MaxPerGroup = 0,
     adversarial: Adversarial = 0.0,
     train_from: TrainFrom = "",

@@ -361,9 +361,12 @@ class TestLeaveOneSourceOut:
         assert refused.returncode == 2
         assert "no finalized model" in refused.stderr
         assert not full.exists()  # refused before any fit
-        done = train_tiny([site, other], full, env, "--epochs", "1", "--loso-run", str(loso))
+        # ... and blends images of a label across the two sources (--mix-sources)
+        mixed = ("--epochs", "1", "--mix-sources", "0.5")
+        done = train_tiny([site, other], full, env, *mixed, "--loso-run", str(loso))
         assert done.returncode == 0, done.stdout + done.stderr
         card = json.loads((full / "pulmoscreen_resnet50.card.json").read_text())
+        assert card["details"]["training"]["augment"]["mix_sources"] == 0.5
         assert "held_out" not in card["details"]
         figures = card["details"]["leave_one_source_out"]["other_hospital"]
         assert figures["per_class"] == held["per_class"]

@@ -56,3 +56,58 @@ class TestEpochOrder:
             assert len(order) == len(set(order.tolist())) == 25
             assert np.bincount(groups[order]).tolist() == [10, 5, 10]
         assert set(first.tolist()) != set(second.tolist())
+
+
+class TestSourceMixing:
+    """AugmentSpec.mix_sources: a training image blended with one of its label from another
+    source, the label kept."""
+
+    labels = np.array([0, 0, 0, 2, 2, 1, 1])
+    sources = np.array([0, 1, 1, 0, 1, 0, 0])  # label 1 is held by source 0 only
+
+    def test_partners_share_the_label_and_come_from_another_source(self):
+        from training.augment import same_label_partners
+
+        rng = np.random.default_rng(0)
+        chosen = np.arange(len(self.labels))
+        for _ in range(20):
+            partners = same_label_partners(chosen, self.labels, self.sources, 1.0, rng)
+            for i, j in zip(chosen, partners, strict=True):
+                if self.labels[i] == 1:
+                    assert j == -1  # no other source holds that label
+                else:
+                    assert self.labels[j] == self.labels[i]
+                    assert self.sources[j] != self.sources[i]
+
+    def test_probability_zero_draws_no_partner(self):
+        from training.augment import same_label_partners
+
+        chosen = np.arange(len(self.labels))
+        rng = np.random.default_rng(0)
+        partners = same_label_partners(chosen, self.labels, self.sources, 0.0, rng)
+        assert (partners == -1).all()
+
+    def test_a_blend_lies_between_the_two_planes_and_the_rest_stay(self):
+        from training.augment import mix_with_partners
+
+        pool = np.stack([plane(0), plane(1) * 3 + 500, plane(2)])  # another stored range
+        unit = [(p - p.min()) / (p.max() - p.min()) for p in pool]
+        out = mix_with_partners(pool[[0, 2]], pool, np.array([1, -1]), np.random.default_rng(3))
+        np.testing.assert_array_equal(out[1], pool[2])
+        # out[0] = w * unit[0] + (1 - w) * unit[1] for one w in (0, 1)
+        w = np.linalg.lstsq((unit[0] - unit[1]).reshape(-1, 1), (out[0] - unit[1]).ravel())[0]
+        assert 0.0 < w[0] < 1.0
+        np.testing.assert_allclose(out[0], w[0] * unit[0] + (1 - w[0]) * unit[1], atol=1e-5)
+
+    def test_batches_without_mixing_are_the_cached_planes(self):
+        from training.train import batch_planes
+
+        x = np.stack([plane(s) for s in range(4)])
+        idx = np.array([1, 3])
+        rng = np.random.default_rng(0)
+        np.testing.assert_array_equal(
+            batch_planes(x, np.zeros(4, np.int64), idx, None, rng), x[idx]
+        )
+        mixed = batch_planes(x, np.zeros(4, np.int64), idx, (np.arange(4), 1.0), rng)
+        assert mixed.shape == x[idx].shape
+        assert not np.allclose(mixed, x[idx])
