@@ -240,6 +240,23 @@ def batch_planes(
     return mix_with_partners(x[idx], x, partners, rng)
 
 
+def adversarial_batch(
+    xb: NDArray[np.float32],
+    y: NDArray[np.int64],
+    sources: NDArray[np.int64],
+    w: NDArray[np.float32],
+    adversarial: float,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A batch as the source-adversary training model takes it: the true label as an input
+    (the adversary tells sources apart within a label), the source as a second target."""
+    onehot = np.eye(len(LABELS), dtype=np.float32)[y]
+    return (
+        {"image": xb, "label": onehot},
+        {"probs": y, "source": sources},
+        {"probs": w, "source": w * np.float32(adversarial)},
+    )
+
+
 def _batches_class() -> type:
     import keras
 
@@ -290,12 +307,7 @@ def _batches_class() -> type:
             xb = model_inputs(planes, self.spec, self.augment, self.rng)
             w = self.w[idx] if self.w is not None else np.ones(len(idx), np.float32)
             if self.sources is not None:
-                onehot = np.eye(len(LABELS), dtype=np.float32)[self.y[idx]]
-                return (
-                    {"image": xb, "label": onehot},
-                    {"probs": self.y[idx], "source": self.sources[idx]},
-                    {"probs": w, "source": w * np.float32(self.adversarial)},
-                )
+                return adversarial_batch(xb, self.y[idx], self.sources[idx], w, self.adversarial)
             if self.w is None:
                 return xb, self.y[idx]
             return xb, self.y[idx], w
