@@ -132,12 +132,15 @@ def decode_rates(files: list[Path], size: int) -> dict[str, float]:
     return {name: len(files) / seconds for name, seconds in spent.items()}
 
 
-def without_content_check(model_path: Path, folder: Path) -> Path:
-    """A copy of the model whose card has no content check. The synthetic phantoms are not
-    radiographs and the check refuses them, so with it a run would time quarantines, not
+def without_content_check(settings: Settings, folder: Path) -> Path:
+    """A copy of the served model whose card has no content check. The synthetic phantoms are
+    not radiographs and the check refuses them, so with it a run would time quarantines, not
     predictions and heatmaps (the check's own cost: ``make bench-content``)."""
     from pulmoscreen.model import card_path_for
 
+    model_path = settings.resolved_model_path()
+    if model_path is None:
+        raise RuntimeError("no served model: set PULMO_MODEL_PATH")
     copy = folder / model_path.name
     shutil.copyfile(model_path, copy)
     card = json.loads(card_path_for(model_path).read_text())
@@ -172,8 +175,9 @@ def end_to_end(settings: Settings, files: list[Path]) -> float:
     elapsed = time.perf_counter() - start
     if not done or len(ids) != len(files):
         raise RuntimeError(f"{len(ids)} of {len(files)} images ingested, all done: {done}")
-    if predicted_rows(settings) != len(files):
-        raise RuntimeError(f"{predicted_rows(settings)} of {len(files)} images predicted")
+    predicted = predicted_rows(settings)
+    if predicted != len(files):
+        raise RuntimeError(f"{predicted} of {len(files)} images predicted")
     return len(files) / elapsed
 
 
@@ -254,10 +258,8 @@ def served_and_e2e(base: Settings, files: list[Path], repeats: int) -> tuple[flo
             }
         )
         settings.data_dir.mkdir()
-        served_path = base.resolved_model_path()
-        assert served_path is not None
         settings = settings.model_copy(
-            update={"model_path": without_content_check(served_path, Path(tmp))}
+            update={"model_path": without_content_check(base, Path(tmp))}
         )
         from worker.inference import served_for
 
@@ -277,14 +279,12 @@ def served_and_e2e(base: Settings, files: list[Path], repeats: int) -> tuple[flo
 
 def print_memory(base: Settings, files: list[Path], images: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        served_path = base.resolved_model_path()
-        assert served_path is not None
         settings = base.model_copy(
             update={
                 "data_dir": Path(tmp),
                 "database_url": "",
                 "openvino_cache": Path(tmp) / "ov",
-                "model_path": without_content_check(served_path, Path(tmp)),
+                "model_path": without_content_check(base, Path(tmp)),
             }
         )
         first, at_1000, end = worker_memory(settings, files, images)

@@ -641,14 +641,12 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
     batches = _batches_class()
     groups = np.unique([f"{s.source}/{s.label}" for s in splits["train"]], return_inverse=True)[1]
     names = sorted({s.source for s in splits["train"]})
-    train_sources = np.array([names.index(s.source) for s in splits["train"]], dtype=np.int64)
-
-    def source_index(split: str) -> NDArray[np.int64] | None:
-        # a validation image of a source absent from training counts as the first source
-        known = {name: i for i, name in enumerate(names)}
-        if config.adversarial <= 0:
-            return None
-        return np.array([known.get(s.source, 0) for s in splits[split]])
+    known = {name: i for i, name in enumerate(names)}
+    train_sources = np.array([known[s.source] for s in splits["train"]], dtype=np.int64)
+    # the adversary's targets; a validation image of a source absent from training counts as
+    # the first source
+    adversary = config.adversarial > 0
+    val_sources = np.array([known.get(s.source, 0) for s in splits["val"]], dtype=np.int64)
 
     train_ds = batches(
         x_train,
@@ -661,7 +659,7 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
         max_per_group=config.max_per_group,
         shuffle=True,
         seed=config.seed,
-        sources=source_index("train"),
+        sources=train_sources if adversary else None,
         adversarial=config.adversarial,
         batch_sources=train_sources if config.source_batches else None,
         mix=(train_sources, config.augment.mix_sources) if config.augment.mix_sources else None,
@@ -671,7 +669,7 @@ def _datasets(config: TrainConfig, splits: dict[str, list[Sample]]) -> tuple[Any
         y_val,
         config.batch_size,
         config.spec,
-        sources=source_index("val"),
+        sources=val_sources if adversary else None,
         adversarial=config.adversarial,
     )
     return train_ds, val_ds, len(names)
